@@ -1,0 +1,339 @@
+// Package engine runs a flow on one device: the main sequence, groups
+// (serial or parallel), parallel blocks, conditions, timeouts, variables and
+// outputs, the failure strategies of spec 5 (asking onfailure for each
+// decision), the rollback actions and rollback steps of spec 6 (in the order
+// the rollback package plans), and pauses for guidance (spec 7). It journals
+// the execution through Store before each step acts and after it ends.
+//
+// A step's life (spec 8):
+//
+//	Pending ──when says no / flow stopped──▶ Skipped
+//	   │
+//	   ▼
+//	Running ──ok──▶ Succeeded
+//	   │  ▲
+//	   │  └──────── Retry (after the interval) / guidance Retry
+//	   ├──sibling stopped the scope──▶ Aborted
+//	   └──failed──▶ decide(kind, attempts, step > group > flow strategies)
+//	                 ├─ Ignore ─────────────▶ Ignored
+//	                 ├─ MarkAsSuccess ──────▶ Succeeded (marked)
+//	                 ├─ ManualIntervention ─▶ Paused ──guidance / timeout──▶ decide again with that action
+//	                 └─ MarkAsFailure, Abort, RollbackGroup, RetryGroup, RollbackFlow ─▶ Failed
+//
+// The flow ends Succeeded, Failed (Abort, MarkAsFailure, a flow timeout),
+// RolledBack or RollbackFailed (RollbackFlow).
+//
+// Two lifetimes are kept apart: the context given to Run is the agent's;
+// when it ends the execution is interrupted (the journal still says
+// Running) and is resumed on restart. Step timeouts, the flow timeout and
+// mark-as-failed end only a step, with a cause that carries the failure's
+// kind.
+package engine
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/edgeflow/edgeflow/flow"
+	"github.com/edgeflow/edgeflow/onfailure"
+	"github.com/edgeflow/edgeflow/steps"
+)
+
+// Store journals executions. SaveExecution must be durable (fsynced) when
+// it returns; unfinished marks the execution as the one to resume.
+type Store interface {
+	SaveExecution(id string, rec []byte, unfinished bool) error
+	SaveLog(id, step string, attempt int, log []byte) error
+}
+
+// Commands runs the command and script rollback actions (spec 6).
+type Commands interface {
+	RunScript(ctx context.Context, sc *flow.Script, env *steps.Env) error
+	RunCommand(ctx context.Context, text string, env *steps.Env) error
+}
+
+// Preflighter is implemented by step types that can check a step before
+// the flow starts (paths, permissions), so that a step that cannot work is
+// refused before anything on the device changes.
+type Preflighter interface {
+	Preflight(s *flow.Step, root string) error
+}
+
+// Event is a progress report: a step, rollback action or pause changed, or
+// the flow ended.
+type Event struct {
+	Type    EventType
+	Step    string
+	Group   string
+	Status  Status
+	Attempt int
+	Action  string
+	Error   *ErrorInfo
+	Elapsed time.Duration
+}
+
+// EventType says what an Event is about.
+type EventType string
+
+// Event types.
+const (
+	EventStep   EventType = "step"
+	EventAction EventType = "action"
+	EventPause  EventType = "pause"
+	EventFlow   EventType = "flow"
+)
+
+// Options configure an Engine.
+type Options struct {
+	DeviceID string
+	Labels   map[string]string
+	// Vars override the flow's declared vars.
+	Vars map[string]string
+	// StateDir holds each step's work directory (backups, output files).
+	StateDir string
+	// Runners run each step type, by type name (flow.TypeFile, ...).
+	// A runner that implements steps.Undoer provides the built-in undo.
+	Runners  map[string]steps.Runner
+	Commands Commands
+	Store    Store
+	Logger   *slog.Logger
+	// LogCap caps each step's captured log; zero means steps.DefaultLogCap.
+	LogCap int
+	// Observe, if set, receives progress events. It must not block.
+	Observe func(Event)
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// ErrInterrupted is returned by Run when the agent's context ended: the
+// execution is journaled as running and can be resumed.
+var ErrInterrupted = errors.New("execution interrupted; it resumes when the agent starts again")
+
+// PreflightError says why a flow cannot start on this device. Nothing has
+// changed on the device.
+type PreflightError struct {
+	Problems []string
+}
+
+func (e *PreflightError) Error() string {
+	return "flow cannot run here:\n  " + strings.Join(e.Problems, "\n  ")
+}
+
+// Engine runs one flow execution at a time.
+type Engine struct {
+	opts Options
+	log  *slog.Logger
+
+	mu  sync.Mutex
+	cur *run
+}
+
+// New returns an engine.
+func New(opts Options) *Engine {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	return &Engine{opts: opts, log: opts.Logger}
+}
+
+// Preflight checks that f can run here: every step type has a runner, every
+// rollback action can be carried out, vars given exist, labels used are set,
+// and each step type's own checks pass.
+func (e *Engine) Preflight(f *flow.Flow) error {
+	var probs []string
+	add := func(format string, args ...any) { probs = append(probs, fmt.Sprintf(format, args...)) }
+	for name := range e.opts.Vars {
+		if _, ok := f.Vars[name]; !ok {
+			add("variable %q is not declared under vars in %s", name, f.File)
+		}
+	}
+	if e.opts.DeviceID == "" {
+		add("no device id")
+	}
+	for _, s := range allSteps(f) {
+		t := s.step.Type()
+		r, ok := e.opts.Runners[t]
+		if !ok {
+			add("step %q: %s steps are not supported by this agent", s.step.Name, t)
+			continue
+		}
+		if p, ok := r.(Preflighter); ok {
+			if err := p.Preflight(s.step, f.Dir); err != nil {
+				add("step %q: %v", s.step.Name, err)
+			}
+		}
+		for _, a := range s.step.OnFailure {
+			switch a.Action {
+			case flow.ActionCommand, flow.ActionScript:
+				if e.opts.Commands == nil {
+					add("step %q: %s actions are not supported by this agent", s.step.Name, a.Action)
+				}
+			default:
+				if _, ok := r.(steps.Undoer); !ok {
+					add("step %q: %s is not supported by this agent", s.step.Name, a.Action)
+				}
+			}
+		}
+		for _, ref := range s.step.Refs() {
+			if _, ok := e.opts.Labels[ref.Name]; ref.Kind == flow.RefLabel && !ok {
+				add("step %q uses ${{ device.labels.%s }}, but this device has no label %q", s.step.Name, ref.Name, ref.Name)
+			}
+		}
+	}
+	if len(probs) > 0 {
+		sort.Strings(probs)
+		return &PreflightError{Problems: probs}
+	}
+	return nil
+}
+
+// Run checks f with Preflight, then executes it and returns its result. An
+// error other than a *PreflightError means the execution could not be
+// carried on (ErrInterrupted, or the journal failed); the result is then
+// what is known so far.
+func (e *Engine) Run(ctx context.Context, f *flow.Flow) (*Result, error) {
+	if err := e.Preflight(f); err != nil {
+		return nil, err
+	}
+	r := newRun(e, f)
+	e.mu.Lock()
+	if e.cur != nil {
+		e.mu.Unlock()
+		return nil, errors.New("another flow is running")
+	}
+	e.cur = r
+	e.mu.Unlock()
+	defer func() {
+		e.mu.Lock()
+		e.cur = nil
+		e.mu.Unlock()
+	}()
+	return r.execute(ctx)
+}
+
+// Current returns the result so far of the running execution, or nil.
+func (e *Engine) Current() *Result {
+	e.mu.Lock()
+	r := e.cur
+	e.mu.Unlock()
+	if r == nil {
+		return nil
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.rec.Result()
+}
+
+// Guidance is an operator's answer to a paused step or group (spec 7).
+type Guidance struct {
+	// Step names the paused step or group; empty means the only one paused.
+	Step   string
+	Action onfailure.Action
+	By     string
+	Note   string
+}
+
+// Guide delivers guidance to a paused step or group.
+func (e *Engine) Guide(g Guidance) error {
+	e.mu.Lock()
+	r := e.cur
+	e.mu.Unlock()
+	if r == nil {
+		return errors.New("no flow is running")
+	}
+	return r.guide(g)
+}
+
+// MarkFailed stops the running steps (or only step, if set) with a
+// UserMarkedFailure; the strategies then decide as for any failure.
+func (e *Engine) MarkFailed(step, by, note string) error {
+	e.mu.Lock()
+	r := e.cur
+	e.mu.Unlock()
+	if r == nil {
+		return errors.New("no flow is running")
+	}
+	return r.markFailed(step, by, note)
+}
+
+// placedStep is a step with its group and, for rollback steps, its owner.
+type placedStep struct {
+	step     *flow.Step
+	group    *flow.Group
+	rollback string
+}
+
+// allSteps lists every step of f: the main sequence in document order,
+// then each group's rollback steps, then the flow's.
+func allSteps(f *flow.Flow) []placedStep {
+	var out, rb []placedStep
+	var walk func(list []flow.Entry, g *flow.Group)
+	walk = func(list []flow.Entry, g *flow.Group) {
+		for _, e := range list {
+			switch {
+			case e.Step != nil:
+				out = append(out, placedStep{step: e.Step, group: g})
+			case e.Group != nil:
+				walk(e.Group.Steps, e.Group)
+				for _, s := range e.Group.Rollback {
+					rb = append(rb, placedStep{step: s, group: e.Group, rollback: e.Group.Name})
+				}
+			default:
+				walk(e.Parallel, g)
+			}
+		}
+	}
+	walk(f.Steps, nil)
+	out = append(out, rb...)
+	for _, s := range f.Rollback {
+		out = append(out, placedStep{step: s, rollback: "flow"})
+	}
+	return out
+}
+
+// allGroups lists the groups of f in document order.
+func allGroups(f *flow.Flow) []*flow.Group {
+	var out []*flow.Group
+	var walk func(list []flow.Entry)
+	walk = func(list []flow.Entry) {
+		for _, e := range list {
+			switch {
+			case e.Group != nil:
+				out = append(out, e.Group)
+			case e.Parallel != nil:
+				walk(e.Parallel)
+			}
+		}
+	}
+	walk(f.Steps)
+	return out
+}
+
+// newID returns an execution id that sorts by start time.
+func newID(now time.Time) string {
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return now.UTC().Format("20060102T150405.000000Z") + "-" + hex.EncodeToString(b[:])
+}
+
+// workDir returns (and creates) the private directory of a step.
+func workDir(stateDir, exec, step string) (string, error) {
+	dir := filepath.Join(stateDir, "work", exec, step)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", onfailure.Wrap("create work dir", err)
+	}
+	return dir, nil
+}

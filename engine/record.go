@@ -1,0 +1,182 @@
+package engine
+
+import (
+	"time"
+
+	"github.com/edgeflow/edgeflow/onfailure"
+)
+
+// Status is the status of a step, group or flow (spec 8).
+type Status string
+
+// Statuses of spec 8.
+const (
+	Pending        Status = "Pending"
+	Running        Status = "Running"
+	Paused         Status = "Paused"
+	Succeeded      Status = "Succeeded"
+	Failed         Status = "Failed"
+	Ignored        Status = "Ignored"
+	Skipped        Status = "Skipped"
+	Aborted        Status = "Aborted"
+	RolledBack     Status = "RolledBack"
+	RollbackFailed Status = "RollbackFailed"
+)
+
+// Done reports whether a step or group in status s has ended.
+func (s Status) Done() bool {
+	switch s {
+	case Pending, Running, Paused:
+		return false
+	}
+	return true
+}
+
+// ErrorInfo is a failure as reported: its kind and message.
+type ErrorInfo struct {
+	Type    onfailure.Kind `json:"type"`
+	Message string         `json:"message"`
+}
+
+func errorInfo(err error) *ErrorInfo {
+	if err == nil {
+		return nil
+	}
+	return &ErrorInfo{Type: onfailure.KindOf(err), Message: err.Error()}
+}
+
+// StepResult is one main-sequence step in the result (spec 11).
+type StepResult struct {
+	Name     string     `json:"name"`
+	Group    string     `json:"group"`
+	Status   Status     `json:"status"`
+	Attempts int        `json:"attempts"`
+	Error    *ErrorInfo `json:"error,omitempty"`
+	// Marked is set when a failure was resolved by MarkAsSuccess.
+	Marked bool `json:"marked,omitempty"`
+	// DurationMS is the wall time of the step's attempts, in milliseconds.
+	DurationMS int64 `json:"durationMs,omitempty"`
+}
+
+// GroupResult is one group in the result.
+type GroupResult struct {
+	Name   string `json:"name"`
+	Status Status `json:"status"`
+}
+
+// ActionResult is one rollback action or rollback step that ran.
+type ActionResult struct {
+	Step    string     `json:"step"`
+	Action  string     `json:"action"`
+	Trigger string     `json:"trigger,omitempty"`
+	Status  Status     `json:"status"`
+	Error   *ErrorInfo `json:"error,omitempty"`
+}
+
+// GuidanceResult is one guidance or mark-as-failed, with who and when.
+type GuidanceResult struct {
+	Step   string           `json:"step"`
+	Action onfailure.Action `json:"action"`
+	By     string           `json:"by"`
+	At     time.Time        `json:"at"`
+	Note   string           `json:"note,omitempty"`
+}
+
+// Result is the outcome of a flow execution (spec 11), as `apply --output
+// json` prints it.
+type Result struct {
+	Execution string           `json:"execution"`
+	Flow      string           `json:"flow"`
+	Status    Status           `json:"status"`
+	Steps     []StepResult     `json:"steps"`
+	Groups    []GroupResult    `json:"groups"`
+	Actions   []ActionResult   `json:"actions"`
+	Guidance  []GuidanceResult `json:"guidance"`
+	// Error says why the flow stopped when no step says it (a flow timeout).
+	Error *ErrorInfo `json:"error,omitempty"`
+}
+
+// Record is an execution as journaled: everything needed to report it, and
+// to resume or undo it after a restart. The engine writes it (fsynced)
+// before each step acts and after each step ends.
+type Record struct {
+	ID       string            `json:"id"`
+	Flow     string            `json:"flow"`
+	File     string            `json:"file"`
+	Dir      string            `json:"dir"`
+	Source   []byte            `json:"source"`
+	DeviceID string            `json:"deviceId"`
+	Labels   map[string]string `json:"labels,omitempty"`
+	Vars     map[string]string `json:"vars,omitempty"`
+
+	Status    Status     `json:"status"`
+	StartedAt time.Time  `json:"startedAt"`
+	EndedAt   *time.Time `json:"endedAt,omitempty"`
+	Error     *ErrorInfo `json:"error,omitempty"`
+
+	Steps    []*StepRecord    `json:"steps"`
+	Groups   []*GroupRecord   `json:"groups"`
+	Actions  []ActionRecord   `json:"actions"`
+	Guidance []GuidanceResult `json:"guidance"`
+	// Seq counts step starts, to order "latest start first".
+	Seq int `json:"seq"`
+}
+
+// StepRecord is one step's state in the journal.
+type StepRecord struct {
+	Name  string `json:"name"`
+	Group string `json:"group,omitempty"`
+	// Rollback is "flow" or the group's name for a rollback step.
+	Rollback  string            `json:"rollback,omitempty"`
+	Status    Status            `json:"status"`
+	Attempts  int               `json:"attempts"`
+	Error     *ErrorInfo        `json:"error,omitempty"`
+	Marked    bool              `json:"marked,omitempty"`
+	Undo      []byte            `json:"undo,omitempty"`
+	Outputs   map[string]string `json:"outputs,omitempty"`
+	Seq       int               `json:"seq,omitempty"`
+	StartedAt *time.Time        `json:"startedAt,omitempty"`
+	EndedAt   *time.Time        `json:"endedAt,omitempty"`
+	// Elapsed sums the wall time of all attempts.
+	Elapsed time.Duration `json:"elapsed,omitempty"`
+}
+
+// GroupRecord is one group's state in the journal.
+type GroupRecord struct {
+	Name   string `json:"name"`
+	Status Status `json:"status"`
+	Runs   int    `json:"runs"`
+}
+
+// ActionRecord is a rollback action or rollback step that ran (or is
+// running: it is journaled before it acts).
+type ActionRecord struct {
+	ActionResult
+	// Key identifies an onFailure action ("step#index") for at-most-once.
+	Key string `json:"key,omitempty"`
+}
+
+// Result returns the spec 11 view of the record.
+func (r *Record) Result() *Result {
+	res := &Result{
+		Execution: r.ID, Flow: r.Flow, Status: r.Status, Error: r.Error,
+		Steps: []StepResult{}, Groups: []GroupResult{}, Actions: []ActionResult{},
+		Guidance: append([]GuidanceResult{}, r.Guidance...),
+	}
+	for _, s := range r.Steps {
+		if s.Rollback != "" {
+			continue
+		}
+		res.Steps = append(res.Steps, StepResult{
+			Name: s.Name, Group: s.Group, Status: s.Status, Attempts: s.Attempts,
+			Error: s.Error, Marked: s.Marked, DurationMS: s.Elapsed.Milliseconds(),
+		})
+	}
+	for _, g := range r.Groups {
+		res.Groups = append(res.Groups, GroupResult{Name: g.Name, Status: g.Status})
+	}
+	for _, a := range r.Actions {
+		res.Actions = append(res.Actions, a.ActionResult)
+	}
+	return res
+}
