@@ -360,7 +360,7 @@ func (r *run) step(ctx context.Context, s *flow.Step, g *flow.Group) stop {
 		kind := onfailure.KindOf(err)
 		d := onfailure.Decide(kind, onfailure.Attempts{Step: sr.Attempts, Group: r.groupRuns(g)}, r.levels(s, g)...)
 		act := d.Action
-		r.log.Warn("step failed", "step", s.Name, "attempt", sr.Attempts, "kind", kind, "error", err, "action", act, "scope", d.Scope)
+		r.log.Info("step failed", "step", s.Name, "attempt", sr.Attempts, "kind", kind, "error", err, "action", act, "scope", d.Scope)
 		if d.Exhausted && d.Strategy.Action == onfailure.RetryGroup && d.Strategy.Retry.OnExhausted == "" {
 			// The group ran out of runs: its failure is the flow's to handle.
 			act = groupFailed

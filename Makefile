@@ -1,0 +1,50 @@
+# edgeflow: `make test` is the one test command (README, .ci/run).
+GO          ?= go
+BIN         ?= bin
+STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
+LDFLAGS     ?= -s -w -X main.version=$(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+
+.PHONY: all build test check fmt vet lint unit fuzz bench demo size clean
+
+all: build
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/edgeflow-agent ./cmd/agent
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/edgeflow ./cmd/controller
+
+# test: formatting, vet, staticcheck, then every test with the race detector.
+test: check unit
+
+check: fmt vet lint
+
+fmt:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+vet:
+	$(GO) vet ./...
+
+lint:
+	$(GO) run $(STATICCHECK) ./...
+
+unit:
+	$(GO) test -race -count=1 -timeout 20m ./...
+
+# fuzz: a short run of every fuzz target (FUZZTIME=1m for longer).
+FUZZTIME ?= 20s
+fuzz:
+	$(GO) test ./flow -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME)
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+# demo: apply the sample flow with a failing step, as a newcomer would.
+demo: build
+	./scripts/demo.sh
+
+# size: the stripped agent binary (target: at most 10 MiB on amd64).
+size: build
+	@ls -l $(BIN)/edgeflow-agent | awk '{printf "edgeflow-agent: %.2f MiB\n", $$5/1048576}'
+
+clean:
+	rm -rf $(BIN)

@@ -1,0 +1,60 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/edgeflow/edgeflow/engine"
+	"github.com/edgeflow/edgeflow/journal"
+)
+
+// ErrNoExecution says a state dir has never run a flow.
+var ErrNoExecution = errors.New("this state dir has no executions")
+
+// Status returns the flow running in stateDir (asked over the control
+// socket), or else the last execution in its journal.
+func Status(ctx context.Context, stateDir string) (*engine.Result, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	resp, err := Ask(ctx, stateDir, ControlRequest{Op: "status"})
+	switch {
+	case err == nil && resp.Result != nil:
+		return resp.Result, nil
+	case err != nil && !errors.Is(err, ErrNoAgent):
+		return nil, err
+	}
+	j, err := journal.Open(stateDir, journal.Options{})
+	if err != nil {
+		return nil, err
+	}
+	defer j.Close()
+	rec, err := LastExecution(j)
+	if err != nil {
+		return nil, err
+	}
+	return rec.Result(), nil
+}
+
+// LastExecution reads the newest execution record of a journal.
+func LastExecution(j *journal.Journal) (*engine.Record, error) {
+	ids, err := j.Executions()
+	if err != nil {
+		return nil, err
+	}
+	if len(ids) == 0 {
+		return nil, ErrNoExecution
+	}
+	id := ids[len(ids)-1]
+	data, err := j.Execution(id)
+	if err != nil {
+		return nil, err
+	}
+	var rec engine.Record
+	if err := json.Unmarshal(data, &rec); err != nil {
+		return nil, fmt.Errorf("journal %s: execution %s: %w", j.Path(), id, err)
+	}
+	return &rec, nil
+}

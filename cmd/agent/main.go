@@ -1,0 +1,175 @@
+// Command edgeflow-agent runs update flows on an edge device: offline with
+// apply, or (later) as a daemon that receives them from a controller.
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/edgeflow/edgeflow/agent"
+	"github.com/edgeflow/edgeflow/engine"
+	"github.com/edgeflow/edgeflow/internal/cli"
+	"github.com/edgeflow/edgeflow/onfailure"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
+
+func run(args []string, stdout, stderr io.Writer) int {
+	root := &cobra.Command{
+		Use:     "edgeflow-agent",
+		Short:   "Run edgeflow update flows on this device",
+		Version: version,
+	}
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	root.AddCommand(applyCmd(stdout, stderr), cli.ValidateCommand(stdout), guideCmd(stdout), markFailedCmd(stdout), statusCmd(stdout))
+	return cli.Run(root, args, stderr)
+}
+
+func applyCmd(stdout, stderr io.Writer) *cobra.Command {
+	var (
+		opts          agent.ApplyOptions
+		output, level string
+		labels, vars  []string
+	)
+	cmd := &cobra.Command{
+		Use:   "apply FLOW",
+		Short: "Run a flow on this device now and print its result",
+		Long: `Run a flow on this device now and print its result.
+
+Exit status: 0 when the flow succeeded, 1 for any other end (Failed,
+RolledBack, RollbackFailed), 2 for an invalid flow or bad usage (nothing
+ran).`,
+		Args: cli.Args(1),
+		RunE: func(cmd *cobra.Command, a []string) error {
+			if output != "text" && output != "json" {
+				return cli.Usage(fmt.Errorf("--output %q: want text or json", output))
+			}
+			log, err := cli.Logger(stderr, level)
+			if err != nil {
+				return err
+			}
+			opts.Flow, opts.Logger = a[0], log
+			if opts.Labels, err = agent.ParsePairs("label", labels); err != nil {
+				return err
+			}
+			if opts.Vars, err = agent.ParsePairs("var", vars); err != nil {
+				return err
+			}
+			if output == "text" {
+				opts.Observe = agent.Progress(stderr)
+			}
+			res, err := agent.Apply(cmd.Context(), opts)
+			if err != nil && res == nil {
+				if output == "json" && agent.IsUsage(err) {
+					_ = agent.WriteErrorJSON(stdout, err)
+					fmt.Fprintln(stderr, "edgeflow-agent:", err)
+					return &cli.ExitError{Code: cli.ExitInvalid}
+				}
+				return err
+			}
+			if output == "json" {
+				if werr := agent.WriteJSON(stdout, res); werr != nil {
+					return werr
+				}
+			} else if werr := agent.WriteText(stdout, res); werr != nil {
+				return werr
+			}
+			if err != nil {
+				return err
+			}
+			if res.Status != engine.Succeeded {
+				return &cli.ExitError{Code: cli.ExitFailed}
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&opts.StateDir, "state-dir", agent.DefaultStateDir, "directory for the journal and backups")
+	f.StringVarP(&output, "output", "o", "text", "result format: text or json")
+	f.StringVar(&opts.DeviceID, "device-id", agent.DeviceID(), "this device's id")
+	f.StringArrayVar(&labels, "label", nil, "device label K=V (repeatable)")
+	f.StringArrayVar(&vars, "var", nil, "set a flow variable K=V (repeatable; must be declared under vars)")
+	f.StringArrayVar(&opts.AllowPaths, "allow-path", nil, "file steps may only write below DIR (repeatable; default: anywhere)")
+	f.DurationVar(&opts.KillGrace, "kill-grace", 10*time.Second, "time between SIGTERM and SIGKILL when a script is stopped")
+	f.StringVar(&level, "log-level", "warn", "log level on stderr: debug, info, warn, error")
+	return cmd
+}
+
+func guideCmd(stdout io.Writer) *cobra.Command {
+	var stateDir, note, step string
+	cmd := &cobra.Command{
+		Use:   "guide ACTION",
+		Short: "Answer a paused step: Retry, Ignore, MarkAsSuccess, MarkAsFailure, Abort, RollbackGroup, RollbackFlow or Exclude",
+		Args:  cli.Args(1),
+		RunE: func(cmd *cobra.Command, a []string) error {
+			ctx, cancel := context.WithTimeout(cmd.Context(), 15*time.Second)
+			defer cancel()
+			_, err := agent.Ask(ctx, stateDir, agent.ControlRequest{Op: "guide", Action: onfailure.Action(a[0]), Step: step, Note: note})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(stdout, "guidance %s delivered\n", a[0])
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&stateDir, "state-dir", agent.DefaultStateDir, "the running agent's state directory")
+	cmd.Flags().StringVar(&note, "note", "", "why (recorded with the guidance)")
+	cmd.Flags().StringVar(&step, "step", "", "the paused step or group, when several are paused")
+	return cmd
+}
+
+func markFailedCmd(stdout io.Writer) *cobra.Command {
+	var stateDir, note, step string
+	cmd := &cobra.Command{
+		Use:   "mark-failed",
+		Short: "Stop the running step with a UserMarkedFailure; its strategies decide what follows",
+		Args:  cli.Args(0),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, cancel := context.WithTimeout(cmd.Context(), 15*time.Second)
+			defer cancel()
+			if _, err := agent.Ask(ctx, stateDir, agent.ControlRequest{Op: "mark-failed", Step: step, Note: note}); err != nil {
+				return err
+			}
+			fmt.Fprintln(stdout, "marked as failed")
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&stateDir, "state-dir", agent.DefaultStateDir, "the running agent's state directory")
+	cmd.Flags().StringVar(&note, "note", "", "why (recorded with the mark)")
+	cmd.Flags().StringVar(&step, "step", "", "only this running step (default: every running step)")
+	return cmd
+}
+
+func statusCmd(stdout io.Writer) *cobra.Command {
+	var stateDir, output string
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show the running flow, or the last one this state dir ran",
+		Args:  cli.Args(0),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if output != "text" && output != "json" {
+				return cli.Usage(fmt.Errorf("--output %q: want text or json", output))
+			}
+			res, err := agent.Status(cmd.Context(), stateDir)
+			if err != nil {
+				return err
+			}
+			if output == "json" {
+				return agent.WriteJSON(stdout, res)
+			}
+			return agent.WriteText(stdout, res)
+		},
+	}
+	cmd.Flags().StringVar(&stateDir, "state-dir", agent.DefaultStateDir, "the agent's state directory")
+	cmd.Flags().StringVarP(&output, "output", "o", "text", "text or json")
+	return cmd
+}
