@@ -114,6 +114,11 @@ func Apply(ctx context.Context, opts ApplyOptions) (*engine.Result, error) {
 	if errors.As(err, &pe) {
 		return nil, &UsageError{Err: err}
 	}
+	if err == nil {
+		if perr := prune(j, opts.StateDir, KeepExecutions); perr != nil {
+			log.Warn("prune old executions", "error", perr)
+		}
+	}
 	return res, err
 }
 

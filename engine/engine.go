@@ -329,9 +329,15 @@ func newID(now time.Time) string {
 	return now.UTC().Format("20060102T150405.000000Z") + "-" + hex.EncodeToString(b[:])
 }
 
+// WorkRoot is the directory under stateDir holding the work directories
+// (backups, output files) of execution exec's steps.
+func WorkRoot(stateDir, exec string) string {
+	return filepath.Join(stateDir, "work", exec)
+}
+
 // workDir returns (and creates) the private directory of a step.
 func workDir(stateDir, exec, step string) (string, error) {
-	dir := filepath.Join(stateDir, "work", exec, step)
+	dir := filepath.Join(WorkRoot(stateDir, exec), step)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", onfailure.Wrap("create work dir", err)
 	}

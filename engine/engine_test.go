@@ -142,13 +142,13 @@ func (m *memStore) SaveLog(id, step string, attempt int, log []byte) error {
 }
 
 type harness struct {
-	t     *testing.T
+	t     testing.TB
 	fake  *fake
 	store *memStore
 	eng   *Engine
 }
 
-func newHarness(t *testing.T, opts Options) *harness {
+func newHarness(t testing.TB, opts Options) *harness {
 	h := &harness{t: t, fake: &fake{}, store: &memStore{}}
 	opts.DeviceID = "dev-1"
 	opts.StateDir = t.TempDir()
