@@ -113,6 +113,19 @@ type Options struct {
 	Observe func(Event)
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// MaxRestarts is the loop guard: a step interrupted by more agent
+	// restarts than this is not retried again. Zero means DefaultMaxRestarts.
+	MaxRestarts int
+}
+
+// DefaultMaxRestarts is the default loop guard.
+const DefaultMaxRestarts = 3
+
+func (e *Engine) maxRestarts() int {
+	if e.opts.MaxRestarts > 0 {
+		return e.opts.MaxRestarts
+	}
+	return DefaultMaxRestarts
 }
 
 // ErrInterrupted is returned by Run when the agent's context ended: the
@@ -209,19 +222,59 @@ func (e *Engine) Run(ctx context.Context, f *flow.Flow) (*Result, error) {
 		return nil, err
 	}
 	r := newRun(e, f)
+	if err := e.begin(r); err != nil {
+		return nil, err
+	}
+	defer e.end()
+	return r.execute(ctx, false)
+}
+
+// ErrFinished says an execution given to Resume has already ended.
+var ErrFinished = errors.New("the execution has already finished")
+
+// Resume continues an execution the journal holds as unfinished, after an
+// agent restart: f is its flow as run (decoded from rec.Source). Steps that
+// ended stay as they are; a step that was running has failed with
+// AgentRestart and its strategies decide; a paused step waits again for
+// the rest of its time; rollback work that was cut off is finished, with no
+// action run twice.
+func (e *Engine) Resume(ctx context.Context, f *flow.Flow, rec *Record) (*Result, error) {
+	if rec.Status.Done() {
+		return rec.Result(), ErrFinished
+	}
+	if rec.Flow != f.Name {
+		return nil, fmt.Errorf("resume %s: the record is for flow %q, not %q", rec.ID, rec.Flow, f.Name)
+	}
+	for _, s := range allSteps(f) {
+		if _, ok := e.opts.Runners[s.step.Type()]; !ok {
+			return nil, &PreflightError{Problems: []string{fmt.Sprintf("step %q: %s steps are not supported by this agent", s.step.Name, s.step.Type())}}
+		}
+	}
+	r, err := resumeRun(e, f, rec)
+	if err != nil {
+		return nil, err
+	}
+	if err := e.begin(r); err != nil {
+		return nil, err
+	}
+	defer e.end()
+	return r.execute(ctx, true)
+}
+
+func (e *Engine) begin(r *run) error {
 	e.mu.Lock()
+	defer e.mu.Unlock()
 	if e.cur != nil {
-		e.mu.Unlock()
-		return nil, errors.New("another flow is running")
+		return errors.New("another flow is running")
 	}
 	e.cur = r
+	return nil
+}
+
+func (e *Engine) end() {
+	e.mu.Lock()
+	e.cur = nil
 	e.mu.Unlock()
-	defer func() {
-		e.mu.Lock()
-		e.cur = nil
-		e.mu.Unlock()
-	}()
-	return r.execute(ctx)
 }
 
 // Current returns the result so far of the running execution, or nil.

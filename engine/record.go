@@ -120,6 +120,37 @@ type Record struct {
 	Guidance []GuidanceResult `json:"guidance"`
 	// Seq counts step starts, to order "latest start first".
 	Seq int `json:"seq"`
+
+	// Stop is set, before any rollback work, when the main sequence has
+	// stopped: how the flow ends. A resumed execution goes straight to it.
+	Stop *StopRecord `json:"stop,omitempty"`
+	// Pending lists rollback work in progress, journaled before it starts
+	// and removed when it ends, so a restart finishes it.
+	Pending []PlanRecord `json:"pending,omitempty"`
+	// Pauses holds the guidance deadline of each paused step or group, so
+	// a restart keeps the time already waited.
+	Pauses map[string]time.Time `json:"pauses,omitempty"`
+	// Resumes counts how often the execution was resumed after a restart.
+	Resumes int `json:"resumes,omitempty"`
+}
+
+// StopRecord is how the main sequence stopped.
+type StopRecord struct {
+	Action onfailure.Action `json:"action"`
+	// Step is the failed step, empty when a group failed or time ran out.
+	Step  string     `json:"step,omitempty"`
+	Error *ErrorInfo `json:"error,omitempty"`
+}
+
+// PlanRecord is rollback work in progress: the rollback actions planned
+// for a failure of Step (empty: a group failed) within Group (empty: the
+// whole flow), then, with RollbackSteps, the group's or flow's rollback
+// steps.
+type PlanRecord struct {
+	Step          string     `json:"step,omitempty"`
+	Group         string     `json:"group,omitempty"`
+	RollbackSteps bool       `json:"rollbackSteps,omitempty"`
+	Error         *ErrorInfo `json:"error,omitempty"`
 }
 
 // StepRecord is one step's state in the journal.
@@ -139,6 +170,8 @@ type StepRecord struct {
 	EndedAt   *time.Time        `json:"endedAt,omitempty"`
 	// Elapsed sums the wall time of all attempts.
 	Elapsed time.Duration `json:"elapsed,omitempty"`
+	// Restarts counts agent restarts that interrupted this step.
+	Restarts int `json:"restarts,omitempty"`
 }
 
 // GroupRecord is one group's state in the journal.
@@ -146,6 +179,9 @@ type GroupRecord struct {
 	Name   string `json:"name"`
 	Status Status `json:"status"`
 	Runs   int    `json:"runs"`
+	// Failure is set while the group's own failure waits for the flow's
+	// strategies to decide (after a RollbackGroup, or RetryGroup ran out).
+	Failure *ErrorInfo `json:"failure,omitempty"`
 }
 
 // ActionRecord is a rollback action or rollback step that ran (or is

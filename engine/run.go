@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"slices"
 	"sync"
 	"time"
 
@@ -56,7 +57,6 @@ type run struct {
 	steps       map[string]*StepRecord
 	groups      map[string]*GroupRecord
 	flowSteps   map[string]placedStep
-	vars        map[string]string
 	failedSoFar bool
 	running     map[string]context.CancelCauseFunc
 	paused      map[string]chan Guidance
@@ -65,20 +65,12 @@ type run struct {
 
 func newRun(e *Engine, f *flow.Flow) *run {
 	now := e.opts.Now()
-	r := &run{
-		e: e, f: f,
-		steps:     map[string]*StepRecord{},
-		groups:    map[string]*GroupRecord{},
-		flowSteps: map[string]placedStep{},
-		running:   map[string]context.CancelCauseFunc{},
-		paused:    map[string]chan Guidance{},
-		vars:      map[string]string{},
-	}
-	maps.Copy(r.vars, f.Vars)
-	maps.Copy(r.vars, e.opts.Vars)
-	r.rec = &Record{
+	vars := map[string]string{}
+	maps.Copy(vars, f.Vars)
+	maps.Copy(vars, e.opts.Vars)
+	rec := &Record{
 		ID: newID(now), Flow: f.Name, File: f.File, Dir: f.Dir, Source: f.Source,
-		DeviceID: e.opts.DeviceID, Labels: e.opts.Labels, Vars: r.vars,
+		DeviceID: e.opts.DeviceID, Labels: e.opts.Labels, Vars: vars,
 		Status: Running, StartedAt: now,
 		Actions: []ActionRecord{}, Guidance: []GuidanceResult{},
 	}
@@ -87,17 +79,50 @@ func newRun(e *Engine, f *flow.Flow) *run {
 		if ps.group != nil {
 			sr.Group = ps.group.Name
 		}
-		r.rec.Steps = append(r.rec.Steps, sr)
-		r.steps[sr.Name] = sr
-		r.flowSteps[sr.Name] = ps
+		rec.Steps = append(rec.Steps, sr)
 	}
 	for _, g := range allGroups(f) {
-		gr := &GroupRecord{Name: g.Name, Status: Pending}
-		r.rec.Groups = append(r.rec.Groups, gr)
-		r.groups[g.Name] = gr
+		rec.Groups = append(rec.Groups, &GroupRecord{Name: g.Name, Status: Pending})
 	}
-	r.log = e.log.With("execution", r.rec.ID, "flow", f.Name)
+	r, _ := resumeRun(e, f, rec)
 	return r
+}
+
+// resumeRun builds a run around an execution record (new, or journaled).
+func resumeRun(e *Engine, f *flow.Flow, rec *Record) (*run, error) {
+	r := &run{
+		e: e, f: f, rec: rec,
+		steps:     map[string]*StepRecord{},
+		groups:    map[string]*GroupRecord{},
+		flowSteps: map[string]placedStep{},
+		running:   map[string]context.CancelCauseFunc{},
+		paused:    map[string]chan Guidance{},
+	}
+	for _, sr := range rec.Steps {
+		r.steps[sr.Name] = sr
+	}
+	for _, gr := range rec.Groups {
+		r.groups[gr.Name] = gr
+	}
+	for _, ps := range allSteps(f) {
+		if r.steps[ps.step.Name] == nil {
+			return nil, fmt.Errorf("execution %s: the journal has no record of step %q", rec.ID, ps.step.Name)
+		}
+		r.flowSteps[ps.step.Name] = ps
+	}
+	for _, g := range allGroups(f) {
+		if r.groups[g.Name] == nil {
+			return nil, fmt.Errorf("execution %s: the journal has no record of group %q", rec.ID, g.Name)
+		}
+	}
+	if rec.Actions == nil {
+		rec.Actions = []ActionRecord{}
+	}
+	if rec.Guidance == nil {
+		rec.Guidance = []GuidanceResult{}
+	}
+	r.log = e.log.With("execution", rec.ID, "flow", f.Name)
+	return r, nil
 }
 
 // saveLocked journals the record. Callers hold r.mu.
@@ -130,24 +155,54 @@ func (r *run) observe(ev Event) {
 
 func (r *run) now() time.Time { return r.e.opts.Now() }
 
-func (r *run) execute(ctx context.Context) (*Result, error) {
+func (r *run) execute(ctx context.Context, resuming bool) (*Result, error) {
 	r.root = ctx
 	flowCtx := ctx
 	if r.f.Timeout > 0 {
+		// The flow's time counts from its start, across agent restarts.
 		var cancel context.CancelFunc
-		flowCtx, cancel = context.WithTimeoutCause(ctx, r.f.Timeout,
+		flowCtx, cancel = context.WithDeadlineCause(ctx, r.rec.StartedAt.Add(r.f.Timeout),
 			onfailure.Errorf(onfailure.Timeout, "flow timed out after %s", r.f.Timeout))
 		defer cancel()
 	}
 	r.flowCtx = flowCtx
-	r.log.Info("flow started", "device", r.e.opts.DeviceID)
+	if resuming {
+		r.prepareResume()
+		r.log.Info("flow resumed", "resumes", r.rec.Resumes)
+	} else {
+		r.log.Info("flow started", "device", r.rec.DeviceID)
+	}
 	if err := r.save(); err != nil {
 		return nil, fmt.Errorf("journal: %w", err)
 	}
+	if resuming {
+		r.finishPending()
+		if r.root.Err() != nil {
+			return r.interrupted()
+		}
+	}
 
-	st := r.entries(flowCtx, r.f.Steps, nil, false)
-	if st.action == interrupted {
-		return r.interrupted()
+	var st stop
+	if r.rec.Stop != nil {
+		// The main sequence had stopped before the restart.
+		st = stop{action: r.rec.Stop.Action, failed: r.stepDef(r.rec.Stop.Step), err: infoError(r.rec.Stop.Error)}
+	} else {
+		st = r.entries(flowCtx, r.f.Steps, nil, false)
+		if st.action == interrupted {
+			return r.interrupted()
+		}
+		if st.action != "" {
+			r.mu.Lock()
+			r.rec.Stop = &StopRecord{Action: st.action, Error: errorInfo(st.err)}
+			if st.failed != nil {
+				r.rec.Stop.Step = st.failed.Name
+			}
+			err := r.saveLocked()
+			r.mu.Unlock()
+			if err != nil {
+				return r.interrupted()
+			}
+		}
 	}
 	status := Succeeded
 	switch st.action {
@@ -155,21 +210,93 @@ func (r *run) execute(ctx context.Context) (*Result, error) {
 		if r.failed() {
 			status = Failed
 		}
-	case onfailure.Abort, onfailure.Exclude, groupFailed:
-		r.runPlan(st.failed, nil)
-		status = Failed
 	case onfailure.RollbackFlow:
-		ok := r.runPlan(st.failed, nil)
-		ok = r.rollbackSteps(r.f.Rollback) && ok
 		status = RolledBack
-		if !ok {
+		if !r.rollback(st.failed, nil, true, st.err, nil) {
 			status = RollbackFailed
 		}
+	default:
+		// Abort, Exclude, groupFailed, or the flow ran out of time.
+		r.rollback(st.failed, nil, false, st.err, nil)
+		status = Failed
 	}
 	if r.root.Err() != nil {
 		return r.interrupted()
 	}
 	return r.finish(status)
+}
+
+// stepDef returns the flow's step named name, or nil.
+func (r *run) stepDef(name string) *flow.Step {
+	if ps, ok := r.flowSteps[name]; ok {
+		return ps.step
+	}
+	return nil
+}
+
+// groupDef returns the flow's group named name, or nil.
+func (r *run) groupDef(name string) *flow.Group {
+	for _, g := range allGroups(r.f) {
+		if g.Name == name {
+			return g
+		}
+	}
+	return nil
+}
+
+// infoError turns a journaled error back into an error of the same kind.
+func infoError(info *ErrorInfo) error {
+	if info == nil {
+		return onfailure.Errorf(onfailure.Unknown, "unknown failure")
+	}
+	return &onfailure.Error{Kind: info.Type, Err: errors.New(info.Message)}
+}
+
+// prepareResume reads the journaled state after a restart: what had
+// failed, and which command and script actions were cut off (they are not
+// run again: an action runs at most once).
+func (r *run) prepareResume() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.rec.Resumes++
+	r.rec.Status = Running
+	for i := range r.rec.Actions {
+		a := &r.rec.Actions[i]
+		if a.Status == Running && (a.Action == flow.ActionCommand || a.Action == flow.ActionScript) {
+			a.Status = Failed
+			a.Error = &ErrorInfo{Type: onfailure.AgentRestart,
+				Message: "the agent stopped while this action ran; it is not run again (an action runs at most once)"}
+		}
+	}
+	for _, s := range r.rec.Steps {
+		if s.Rollback == "" && s.Status == Failed {
+			r.failedSoFar = true
+		}
+	}
+	for _, g := range r.rec.Groups {
+		if g.Status == Failed {
+			r.failedSoFar = true
+		}
+	}
+}
+
+// finishPending completes the rollback work a restart cut off.
+func (r *run) finishPending() {
+	r.mu.Lock()
+	pending := append([]PlanRecord(nil), r.rec.Pending...)
+	r.mu.Unlock()
+	for _, p := range pending {
+		failed, g := r.stepDef(p.Step), r.groupDef(p.Group)
+		var then func()
+		if g != nil && p.RollbackSteps {
+			gr := r.groups[g.Name]
+			then = func() { gr.Status, gr.Failure = RolledBack, p.Error }
+		}
+		if g == nil && p.RollbackSteps {
+			continue // the flow's rollback: its Stop record redoes it
+		}
+		r.rollback(failed, g, p.RollbackSteps, infoError(p.Error), then)
+	}
 }
 
 func (r *run) failed() bool {
@@ -337,12 +464,21 @@ func (r *run) setStep(sr *StepRecord, status Status, err error) {
 // step runs one main-sequence step to its end, applying its strategies.
 func (r *run) step(ctx context.Context, s *flow.Step, g *flow.Group) stop {
 	sr := r.steps[s.Name]
-	if !r.when(effectiveWhen(s, g)) {
+	pending, done := r.resumeState(sr)
+	if done {
+		return stop{}
+	}
+	if pending == nil && !r.when(effectiveWhen(s, g)) {
 		r.setStep(sr, Skipped, nil)
 		return stop{}
 	}
 	for {
-		err := r.attempt(ctx, s, sr)
+		var err error
+		if pending != nil {
+			err, pending = pending, nil
+		} else {
+			err = r.attempt(ctx, s, sr)
+		}
 		if err == nil {
 			r.mu.Lock()
 			sr.Error = nil
@@ -361,6 +497,14 @@ func (r *run) step(ctx context.Context, s *flow.Step, g *flow.Group) stop {
 		d := onfailure.Decide(kind, onfailure.Attempts{Step: sr.Attempts, Group: r.groupRuns(g)}, r.levels(s, g)...)
 		act := d.Action
 		r.log.Info("step failed", "step", s.Name, "attempt", sr.Attempts, "kind", kind, "error", err, "action", act, "scope", d.Scope)
+		if act == onfailure.Retry && kind == onfailure.AgentRestart && sr.Restarts > r.e.maxRestarts() {
+			// Loop guard: a step that keeps taking the agent down is not
+			// run again; its Retry counts as exhausted.
+			act = onfailure.Abort
+			if d.Strategy.Retry.OnExhausted != "" {
+				act = d.Strategy.Retry.OnExhausted
+			}
+		}
 		if d.Exhausted && d.Strategy.Action == onfailure.RetryGroup && d.Strategy.Retry.OnExhausted == "" {
 			// The group ran out of runs: its failure is the flow's to handle.
 			act = groupFailed
@@ -395,7 +539,7 @@ func (r *run) step(ctx context.Context, s *flow.Step, g *flow.Group) stop {
 		case onfailure.MarkAsFailure:
 			r.setStep(sr, Failed, err)
 			r.markFailedSoFar()
-			r.runPlan(s, nil)
+			r.rollback(s, nil, false, err, nil)
 			return stop{}
 		}
 		// Abort, Exclude, RollbackFlow, RollbackGroup, RetryGroup and
@@ -403,6 +547,29 @@ func (r *run) step(ctx context.Context, s *flow.Step, g *flow.Group) stop {
 		r.setStep(sr, Failed, err)
 		return stop{action: act, failed: s, err: err, wait: d.Wait}
 	}
+}
+
+// resumeState says how a step stands after a restart: done (it ended
+// before), or the failure to handle first: AgentRestart for a step that was
+// running, its recorded failure for one that was paused.
+func (r *run) resumeState(sr *StepRecord) (error, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	switch sr.Status {
+	case Running:
+		sr.Restarts++
+		msg := "the agent stopped while the step was running"
+		if sr.Restarts > r.e.maxRestarts() {
+			msg = fmt.Sprintf("the step was interrupted by %d agent restarts; it is not run again (loop guard: at most %d)", sr.Restarts, r.e.maxRestarts())
+		}
+		err := onfailure.Errorf(onfailure.AgentRestart, "%s", msg)
+		sr.Error = errorInfo(err)
+		_ = r.saveLocked()
+		return err, false
+	case Paused:
+		return infoError(sr.Error), false
+	}
+	return nil, sr.Status.Done()
 }
 
 func (r *run) stopNow(ctx context.Context) stop {
@@ -513,7 +680,7 @@ func (r *run) env(s *flow.Step, ps placedStep, attempt int, undo []byte, sr *Ste
 	}
 	env := &steps.Env{
 		Execution: r.rec.ID, Flow: r.f.Name, Step: s.Name, Attempt: attempt,
-		DeviceID: r.e.opts.DeviceID, Root: r.f.Dir, WorkDir: dir,
+		DeviceID: r.rec.DeviceID, Root: r.f.Dir, WorkDir: dir,
 		Log:     steps.NewLogBuffer(r.e.opts.LogCap),
 		Logger:  r.log.With("step", s.Name, "attempt", attempt),
 		Expand:  r.expand,
@@ -537,15 +704,15 @@ func (r *run) expand(s string) (string, error) {
 	return flow.Expand(s, func(ref flow.Ref) (string, error) {
 		switch ref.Kind {
 		case flow.RefVar:
-			v, ok := r.vars[ref.Name]
+			v, ok := r.rec.Vars[ref.Name]
 			if !ok {
 				return "", onfailure.Errorf(onfailure.Unknown, "variable %q is not set", ref.Name)
 			}
 			return v, nil
 		case flow.RefDevice:
-			return r.e.opts.DeviceID, nil
+			return r.rec.DeviceID, nil
 		case flow.RefLabel:
-			v, ok := r.e.opts.Labels[ref.Name]
+			v, ok := r.rec.Labels[ref.Name]
 			if !ok {
 				return "", onfailure.Errorf(onfailure.Unknown, "device has no label %q", ref.Name)
 			}
@@ -569,13 +736,30 @@ func (r *run) expand(s string) (string, error) {
 // the group's own failure passed to the flow's strategies.
 func (r *run) group(ctx context.Context, g *flow.Group) stop {
 	gr := r.groups[g.Name]
-	if !r.when(g.When) {
+	r.mu.Lock()
+	status, failure := gr.Status, gr.Failure
+	r.mu.Unlock()
+	resumed := status == Running
+	switch {
+	case failure != nil:
+		// Resumed with the group's failure still to be decided.
+		next, retry := r.groupFailure(ctx, g, gr, stop{err: infoError(failure)})
+		if !retry {
+			return next
+		}
+		r.resetGroup(g)
+	case status.Done():
+		return stop{}
+	case !resumed && !r.when(g.When):
 		r.setGroup(gr, Skipped)
 		return stop{}
 	}
 	for {
 		r.mu.Lock()
-		gr.Runs++
+		if !resumed {
+			gr.Runs++
+		}
+		resumed = false
 		gr.Status = Running
 		_ = r.saveLocked()
 		r.mu.Unlock()
@@ -596,14 +780,16 @@ func (r *run) group(ctx context.Context, g *flow.Group) stop {
 			}
 			continue
 		case onfailure.RollbackGroup:
-			ok := r.runPlan(st.failed, g)
-			ok = r.rollbackSteps(g.Rollback) && ok
-			r.setGroup(gr, RolledBack)
-			if !ok {
-				r.log.Warn("group rollback failed", "group", g.Name)
+			ok := r.rollback(st.failed, g, true, st.err, func() { gr.Status, gr.Failure = RolledBack, errorInfo(st.err) })
+			if r.root.Err() != nil {
+				return stop{action: interrupted}
 			}
+			r.log.Info("group rolled back", "group", g.Name, "ok", ok)
 		case groupFailed:
-			r.setGroup(gr, Failed)
+			r.mu.Lock()
+			gr.Status, gr.Failure = Failed, errorInfo(st.err)
+			_ = r.saveLocked()
+			r.mu.Unlock()
 		case aborted:
 			r.setGroup(gr, Aborted)
 			return st
@@ -638,21 +824,33 @@ func (r *run) groupFailure(ctx context.Context, g *flow.Group, gr *GroupRecord, 
 	}
 	switch act {
 	case onfailure.Retry:
+		r.decided(gr)
 		if d.Wait > 0 && !r.sleep(ctx, d.Wait) {
 			return r.stopNow(ctx), false
 		}
 		return stop{}, true
 	case onfailure.Ignore, onfailure.MarkAsSuccess:
+		r.decided(gr)
 		return stop{}, false
 	case onfailure.MarkAsFailure:
 		r.markFailedSoFar()
-		r.runPlan(nil, nil)
-		if gr.Status != RolledBack {
-			r.setGroup(gr, Failed)
-		}
+		r.rollback(nil, nil, false, st.err, nil)
+		r.decided(gr)
 		return stop{}, false
 	}
+	if act != interrupted {
+		r.decided(gr)
+	}
 	return stop{action: act, err: st.err}, false
+}
+
+// decided clears a group's pending failure once the flow's strategies
+// have decided it.
+func (r *run) decided(gr *GroupRecord) {
+	r.mu.Lock()
+	gr.Failure = nil
+	_ = r.saveLocked()
+	r.mu.Unlock()
 }
 
 func (r *run) setGroup(gr *GroupRecord, status Status) {
@@ -689,8 +887,15 @@ func (r *run) resetGroup(g *flow.Group) {
 // manual timeout, and returns the action to apply.
 func (r *run) pause(ctx context.Context, name string, m *onfailure.ManualPolicy, sr *StepRecord) onfailure.Action {
 	ch := make(chan Guidance, 1)
-	deadline := r.now().Add(m.Timeout)
 	r.mu.Lock()
+	deadline, ok := r.rec.Pauses[name]
+	if !ok {
+		deadline = r.now().Add(m.Timeout)
+		if r.rec.Pauses == nil {
+			r.rec.Pauses = map[string]time.Time{}
+		}
+		r.rec.Pauses[name] = deadline
+	}
 	if sr != nil {
 		sr.Status = Paused
 	}
@@ -719,6 +924,9 @@ func (r *run) pause(ctx context.Context, name string, m *onfailure.ManualPolicy,
 	}
 	r.mu.Lock()
 	delete(r.paused, name)
+	if act != interrupted {
+		delete(r.rec.Pauses, name)
+	}
 	if len(r.paused) == 0 {
 		r.rec.Status = Running
 	}
@@ -798,6 +1006,50 @@ func (r *run) markFailed(step, by, note string) error {
 	return r.saveLocked()
 }
 
+// rollback runs the rollback work for a failure of failed (nil: a group
+// failed) within g (nil: the whole flow): the planned rollback actions,
+// then, with withSteps, the group's or flow's rollback steps. It is
+// journaled as pending while it runs, and idempotent, so a restart can
+// finish it. then, if set, updates the record in the same write that ends
+// the work. It reports whether everything succeeded.
+func (r *run) rollback(failed *flow.Step, g *flow.Group, withSteps bool, cause error, then func()) bool {
+	p := PlanRecord{RollbackSteps: withSteps, Error: errorInfo(cause)}
+	if failed != nil {
+		p.Step = failed.Name
+	}
+	if g != nil {
+		p.Group = g.Name
+	}
+	same := func(q PlanRecord) bool {
+		return q.Step == p.Step && q.Group == p.Group && q.RollbackSteps == p.RollbackSteps
+	}
+	r.mu.Lock()
+	if !slices.ContainsFunc(r.rec.Pending, same) {
+		r.rec.Pending = append(r.rec.Pending, p)
+		_ = r.saveLocked()
+	}
+	r.mu.Unlock()
+	ok := r.runPlan(failed, g)
+	if withSteps {
+		list := r.f.Rollback
+		if g != nil {
+			list = g.Rollback
+		}
+		ok = r.rollbackSteps(list) && ok
+	}
+	if r.root.Err() != nil {
+		return ok // interrupted: stays pending
+	}
+	r.mu.Lock()
+	r.rec.Pending = slices.DeleteFunc(r.rec.Pending, same)
+	if then != nil {
+		then()
+	}
+	_ = r.saveLocked()
+	r.mu.Unlock()
+	return ok
+}
+
 // runPlan runs the rollback actions planned for a failure of failed (nil:
 // a group failed) within g (nil: the whole flow). It reports whether every
 // action succeeded.
@@ -815,7 +1067,9 @@ func (r *run) runPlan(failed *flow.Step, g *flow.Group) bool {
 	}
 	done := map[string]bool{}
 	for _, a := range r.rec.Actions {
-		if a.Key != "" {
+		// A built-in undo a restart cut off is run again: it is
+		// idempotent, and restores what the journal recorded.
+		if a.Status.Done() {
 			done[a.Key] = true
 		}
 	}
@@ -833,13 +1087,22 @@ func (r *run) runPlan(failed *flow.Step, g *flow.Group) bool {
 // not the flow's timeout or a cancelled scope.
 func (r *run) rollbackCtx() context.Context { return r.root }
 
+// beginAction journals an action as Running before it acts and returns its
+// index. An action already journaled under the same key (one a restart cut
+// off) keeps its place.
 func (r *run) beginAction(a ActionRecord) int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	a.Status = Running
-	r.rec.Actions = append(r.rec.Actions, a)
+	i := slices.IndexFunc(r.rec.Actions, func(b ActionRecord) bool { return b.Key == a.Key })
+	if i < 0 {
+		r.rec.Actions = append(r.rec.Actions, a)
+		i = len(r.rec.Actions) - 1
+	} else {
+		r.rec.Actions[i] = a
+	}
 	_ = r.saveLocked()
-	return len(r.rec.Actions) - 1
+	return i
 }
 
 func (r *run) endAction(i int, status Status, err error) {
@@ -884,6 +1147,11 @@ func (r *run) runAction(it rollback.Item) bool {
 			_ = r.e.opts.Store.SaveLog(r.rec.ID, it.Key(), 1, env.Log.Bytes())
 		}
 	}
+	if ctx.Err() != nil {
+		// Interrupted by a shutdown: the journal keeps it Running, as a
+		// crash would, and a restart decides what to do with it.
+		return false
+	}
 	status := Succeeded
 	if err != nil {
 		status = Failed
@@ -899,16 +1167,27 @@ func (r *run) rollbackSteps(list []*flow.Step) bool {
 	failed := false
 	ctx := r.rollbackCtx()
 	for _, s := range list {
-		w := s.When
-		run := w == flow.Always || (w == flow.OnFailure && failed) || ((w == "" || w == flow.OnSuccess) && !failed)
+		if ctx.Err() != nil {
+			return false // interrupted: the rest stays to do after a restart
+		}
 		sr := r.steps[s.Name]
-		i := r.beginAction(ActionRecord{ActionResult: ActionResult{Step: s.Name, Action: "rollbackStep"}})
-		if !run || ctx.Err() != nil {
+		pending, done := r.resumeState(sr)
+		if done {
+			failed = failed || sr.Status == Failed
+			continue
+		}
+		w := s.When
+		run := pending != nil || w == flow.Always || (w == flow.OnFailure && failed) || ((w == "" || w == flow.OnSuccess) && !failed)
+		i := r.beginAction(ActionRecord{ActionResult: ActionResult{Step: s.Name, Action: "rollbackStep"}, Key: "rollbackStep:" + s.Name})
+		if !run {
 			r.setStep(sr, Skipped, nil)
 			r.endAction(i, Skipped, nil)
 			continue
 		}
-		status, err := r.rollbackStep(ctx, s, sr)
+		status, err := r.rollbackStep(ctx, s, sr, pending)
+		if ctx.Err() != nil {
+			return false
+		}
 		if status == Failed {
 			failed = true
 		}
@@ -920,9 +1199,14 @@ func (r *run) rollbackSteps(list []*flow.Step) bool {
 
 // rollbackStep runs a rollback step with its own Retry, Ignore and
 // MarkAsSuccess strategies; any other outcome is a failure.
-func (r *run) rollbackStep(ctx context.Context, s *flow.Step, sr *StepRecord) (Status, error) {
+func (r *run) rollbackStep(ctx context.Context, s *flow.Step, sr *StepRecord, pending error) (Status, error) {
 	for {
-		err := r.attempt(ctx, s, sr)
+		var err error
+		if pending != nil {
+			err, pending = pending, nil
+		} else {
+			err = r.attempt(ctx, s, sr)
+		}
 		if err == nil {
 			return Succeeded, nil
 		}
