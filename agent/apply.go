@@ -5,6 +5,7 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -76,50 +77,157 @@ type ApplyOptions struct {
 // A flow that is invalid or cannot run here returns a *UsageError and
 // changes nothing.
 func Apply(ctx context.Context, opts ApplyOptions) (*engine.Result, error) {
-	log := opts.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
 	f, err := flow.Load(opts.Flow)
 	if err != nil {
 		return nil, &UsageError{Err: err}
 	}
-	j, err := journal.Open(opts.StateDir, journal.Options{Logger: log})
+	s, err := openSession(opts.Config, opts.Vars, opts.Observe)
 	if err != nil {
 		return nil, err
 	}
-	defer func() {
-		if err := j.Close(); err != nil {
-			log.Error("close journal", "error", err)
-		}
-	}()
-	eng := engine.New(engine.Options{
-		DeviceID: opts.DeviceID,
-		Labels:   opts.Labels,
-		Vars:     opts.Vars,
-		StateDir: opts.StateDir,
-		Runners:  Runners(opts.Config),
-		Commands: &script.Runner{Grace: opts.KillGrace},
-		Store:    j,
-		Logger:   log,
-		Observe:  opts.Observe,
-	})
-	ctl, err := ServeControl(opts.StateDir, eng, log)
-	if err != nil {
-		return nil, err
-	}
-	defer ctl.Close()
-	res, err := eng.Run(ctx, f)
+	defer s.close()
+	res, err := s.eng.Run(ctx, f)
 	var pe *engine.PreflightError
 	if errors.As(err, &pe) {
 		return nil, &UsageError{Err: err}
 	}
-	if err == nil {
-		if perr := prune(j, opts.StateDir, KeepExecutions); perr != nil {
-			log.Warn("prune old executions", "error", perr)
+	s.done(err)
+	return res, err
+}
+
+// ErrNothingToResume says the state dir has no unfinished execution.
+var ErrNothingToResume = errors.New("nothing to resume: no unfinished execution in this state dir")
+
+// Resume continues the unfinished execution of the state dir (one that an
+// agent restart, a crash or a power cut interrupted) and returns its result.
+//
+// It runs under the settings the execution started with (allowed paths,
+// kill grace), not cfg's, so a resumed flow is held to the same limits.
+func Resume(ctx context.Context, cfg Config, observe func(engine.Event)) (*engine.Result, error) {
+	rec, err := unfinished(cfg)
+	if err != nil {
+		return nil, err
+	}
+	var saved settings
+	if len(rec.Agent) > 0 {
+		if err := json.Unmarshal(rec.Agent, &saved); err != nil {
+			return nil, fmt.Errorf("execution %s: agent settings: %w", rec.ID, err)
 		}
 	}
+	cfg.AllowPaths, cfg.KillGrace = saved.AllowPaths, saved.KillGrace
+	s, err := openSession(cfg, nil, observe)
+	if err != nil {
+		return nil, err
+	}
+	defer s.close()
+	f, err := flow.Parse(rec.File, rec.Source)
+	if err != nil {
+		return nil, fmt.Errorf("execution %s: its flow no longer decodes: %w", rec.ID, err)
+	}
+	f.Dir = rec.Dir
+	s.log.Info("resuming execution", "execution", rec.ID, "flow", rec.Flow)
+	res, err := s.eng.Resume(ctx, f, rec)
+	s.done(err)
 	return res, err
+}
+
+// settings are the agent settings journaled with an execution.
+type settings struct {
+	AllowPaths []string      `json:"allowPaths,omitempty"`
+	KillGrace  time.Duration `json:"killGrace,omitempty"`
+}
+
+// unfinished reads the state dir's unfinished execution.
+func unfinished(cfg Config) (*engine.Record, error) {
+	j, err := journal.Open(cfg.StateDir, journal.Options{Logger: cfg.Logger})
+	if err != nil {
+		return nil, err
+	}
+	defer j.Close()
+	id, err := j.Current()
+	if err != nil {
+		return nil, err
+	}
+	if id == "" {
+		return nil, ErrNothingToResume
+	}
+	return readExecution(j, id)
+}
+
+// readExecution decodes an execution record from the journal.
+func readExecution(j *journal.Journal, id string) (*engine.Record, error) {
+	data, err := j.Execution(id)
+	if err != nil {
+		return nil, err
+	}
+	var rec engine.Record
+	if err := json.Unmarshal(data, &rec); err != nil {
+		return nil, fmt.Errorf("journal %s: execution %s: %w", j.Path(), id, err)
+	}
+	return &rec, nil
+}
+
+// session is an agent holding a state dir: its journal, an engine and the
+// control socket.
+type session struct {
+	cfg Config
+	log *slog.Logger
+	j   *journal.Journal
+	eng *engine.Engine
+	ctl *Control
+}
+
+func openSession(cfg Config, vars map[string]string, observe func(engine.Event)) (*session, error) {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	j, err := journal.Open(cfg.StateDir, journal.Options{Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	s := &session{cfg: cfg, log: log, j: j}
+	agentData, err := json.Marshal(settings{AllowPaths: cfg.AllowPaths, KillGrace: cfg.KillGrace})
+	if err != nil {
+		j.Close()
+		return nil, err
+	}
+	s.eng = engine.New(engine.Options{
+		AgentData: agentData,
+		DeviceID:  cfg.DeviceID,
+		Labels:    cfg.Labels,
+		Vars:      vars,
+		StateDir:  cfg.StateDir,
+		Runners:   Runners(cfg),
+		Commands:  &script.Runner{Grace: cfg.KillGrace},
+		Store:     journalStore(j),
+		Logger:    log,
+		Observe:   observe,
+	})
+	if s.ctl, err = ServeControl(cfg.StateDir, s.eng, log); err != nil {
+		j.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// done prunes old executions after a run that ended.
+func (s *session) done(runErr error) {
+	if runErr != nil {
+		return
+	}
+	if err := prune(s.j, s.cfg.StateDir, KeepExecutions); err != nil {
+		s.log.Warn("prune old executions", "error", err)
+	}
+}
+
+func (s *session) close() {
+	if err := s.ctl.Close(); err != nil {
+		s.log.Warn("close control socket", "error", err)
+	}
+	if err := s.j.Close(); err != nil {
+		s.log.Error("close journal", "error", err)
+	}
 }
 
 // DeviceID returns the default device id: the host name.

@@ -2,9 +2,7 @@ package agent
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
-	"fmt"
 	"time"
 
 	"github.com/edgeflow/edgeflow/engine"
@@ -47,14 +45,5 @@ func LastExecution(j *journal.Journal) (*engine.Record, error) {
 	if len(ids) == 0 {
 		return nil, ErrNoExecution
 	}
-	id := ids[len(ids)-1]
-	data, err := j.Execution(id)
-	if err != nil {
-		return nil, err
-	}
-	var rec engine.Record
-	if err := json.Unmarshal(data, &rec); err != nil {
-		return nil, fmt.Errorf("journal %s: execution %s: %w", j.Path(), id, err)
-	}
-	return &rec, nil
+	return readExecution(j, ids[len(ids)-1])
 }

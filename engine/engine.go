@@ -113,6 +113,8 @@ type Options struct {
 	Observe func(Event)
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// AgentData is journaled with each new execution as Record.Agent.
+	AgentData []byte
 	// MaxRestarts is the loop guard: a step interrupted by more agent
 	// restarts than this is not retried again. Zero means DefaultMaxRestarts.
 	MaxRestarts int

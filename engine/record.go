@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"encoding/json"
 	"time"
 
 	"github.com/edgeflow/edgeflow/onfailure"
@@ -108,6 +109,9 @@ type Record struct {
 	DeviceID string            `json:"deviceId"`
 	Labels   map[string]string `json:"labels,omitempty"`
 	Vars     map[string]string `json:"vars,omitempty"`
+	// Agent holds the agent's own settings for this execution (such as
+	// the allowed paths), so a resumed execution runs under the same ones.
+	Agent json.RawMessage `json:"agent,omitempty"`
 
 	Status    Status     `json:"status"`
 	StartedAt time.Time  `json:"startedAt"`

@@ -70,7 +70,7 @@ func newRun(e *Engine, f *flow.Flow) *run {
 	maps.Copy(vars, e.opts.Vars)
 	rec := &Record{
 		ID: newID(now), Flow: f.Name, File: f.File, Dir: f.Dir, Source: f.Source,
-		DeviceID: e.opts.DeviceID, Labels: e.opts.Labels, Vars: vars,
+		DeviceID: e.opts.DeviceID, Labels: e.opts.Labels, Vars: vars, Agent: e.opts.AgentData,
 		Status: Running, StartedAt: now,
 		Actions: []ActionRecord{}, Guidance: []GuidanceResult{},
 	}

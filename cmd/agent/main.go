@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -30,7 +31,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.AddCommand(applyCmd(stdout, stderr), cli.ValidateCommand(stdout), guideCmd(stdout), markFailedCmd(stdout), statusCmd(stdout))
+	root.AddCommand(applyCmd(stdout, stderr), resumeCmd(stdout, stderr), cli.ValidateCommand(stdout), guideCmd(stdout), markFailedCmd(stdout), statusCmd(stdout))
 	return cli.Run(root, args, stderr)
 }
 
@@ -68,28 +69,7 @@ ran).`,
 				opts.Observe = agent.Progress(stderr)
 			}
 			res, err := agent.Apply(cmd.Context(), opts)
-			if err != nil && res == nil {
-				if output == "json" && agent.IsUsage(err) {
-					_ = agent.WriteErrorJSON(stdout, err)
-					fmt.Fprintln(stderr, "edgeflow-agent:", err)
-					return &cli.ExitError{Code: cli.ExitInvalid}
-				}
-				return err
-			}
-			if output == "json" {
-				if werr := agent.WriteJSON(stdout, res); werr != nil {
-					return werr
-				}
-			} else if werr := agent.WriteText(stdout, res); werr != nil {
-				return werr
-			}
-			if err != nil {
-				return err
-			}
-			if res.Status != engine.Succeeded {
-				return &cli.ExitError{Code: cli.ExitFailed}
-			}
-			return nil
+			return report(stdout, stderr, output, res, err)
 		},
 	}
 	f := cmd.Flags()
@@ -100,6 +80,73 @@ ran).`,
 	f.StringArrayVar(&vars, "var", nil, "set a flow variable K=V (repeatable; must be declared under vars)")
 	f.StringArrayVar(&opts.AllowPaths, "allow-path", nil, "file steps may only write below DIR (repeatable; default: anywhere)")
 	f.DurationVar(&opts.KillGrace, "kill-grace", 10*time.Second, "time between SIGTERM and SIGKILL when a script is stopped")
+	f.StringVar(&level, "log-level", "warn", "log level on stderr: debug, info, warn, error")
+	return cmd
+}
+
+// report prints a run's result and maps it to the exit status of spec 11.
+func report(stdout, stderr io.Writer, output string, res *engine.Result, err error) error {
+	if err != nil && res == nil {
+		if output == "json" && agent.IsUsage(err) {
+			_ = agent.WriteErrorJSON(stdout, err)
+			fmt.Fprintln(stderr, "edgeflow-agent:", err)
+			return &cli.ExitError{Code: cli.ExitInvalid}
+		}
+		return err
+	}
+	if output == "json" {
+		if werr := agent.WriteJSON(stdout, res); werr != nil {
+			return werr
+		}
+	} else if werr := agent.WriteText(stdout, res); werr != nil {
+		return werr
+	}
+	if err != nil {
+		return err
+	}
+	if res.Status != engine.Succeeded {
+		return &cli.ExitError{Code: cli.ExitFailed}
+	}
+	return nil
+}
+
+func resumeCmd(stdout, stderr io.Writer) *cobra.Command {
+	var (
+		cfg           agent.Config
+		output, level string
+	)
+	cmd := &cobra.Command{
+		Use:   "resume",
+		Short: "Continue the flow a crash, power cut or restart interrupted, and print its result",
+		Long: `Continue the unfinished execution of the state dir and print its result
+like apply. A step that was running when the agent stopped has failed with
+AgentRestart, and its failure strategies decide. With nothing to resume it
+says so and exits 0.`,
+		Args: cli.Args(0),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if output != "text" && output != "json" {
+				return cli.Usage(fmt.Errorf("--output %q: want text or json", output))
+			}
+			log, err := cli.Logger(stderr, level)
+			if err != nil {
+				return err
+			}
+			cfg.Logger = log
+			var observe func(engine.Event)
+			if output == "text" {
+				observe = agent.Progress(stderr)
+			}
+			res, err := agent.Resume(cmd.Context(), cfg, observe)
+			if errors.Is(err, agent.ErrNothingToResume) {
+				fmt.Fprintln(stderr, "edgeflow-agent:", err)
+				return nil
+			}
+			return report(stdout, stderr, output, res, err)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.StateDir, "state-dir", agent.DefaultStateDir, "directory for the journal and backups")
+	f.StringVarP(&output, "output", "o", "text", "result format: text or json")
 	f.StringVar(&level, "log-level", "warn", "log level on stderr: debug, info, warn, error")
 	return cmd
 }
