@@ -157,6 +157,11 @@ type PlanRecord struct {
 	Error         *ErrorInfo `json:"error,omitempty"`
 }
 
+// same reports whether p and q describe the same rollback work.
+func (p PlanRecord) same(q PlanRecord) bool {
+	return p.Step == q.Step && p.Group == q.Group && p.RollbackSteps == q.RollbackSteps
+}
+
 // StepRecord is one step's state in the journal.
 type StepRecord struct {
 	Name  string `json:"name"`
@@ -176,6 +181,8 @@ type StepRecord struct {
 	Elapsed time.Duration `json:"elapsed,omitempty"`
 	// Restarts counts agent restarts that interrupted this step.
 	Restarts int `json:"restarts,omitempty"`
+	// Retrying is set while a failed step waits to be run again.
+	Retrying bool `json:"retrying,omitempty"`
 }
 
 // GroupRecord is one group's state in the journal.
@@ -186,6 +193,8 @@ type GroupRecord struct {
 	// Failure is set while the group's own failure waits for the flow's
 	// strategies to decide (after a RollbackGroup, or RetryGroup ran out).
 	Failure *ErrorInfo `json:"failure,omitempty"`
+	// Retry is set while the group waits to run again (RetryGroup).
+	Retry bool `json:"retry,omitempty"`
 }
 
 // ActionRecord is a rollback action or rollback step that ran (or is

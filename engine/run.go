@@ -193,9 +193,11 @@ func (r *run) execute(ctx context.Context, resuming bool) (*Result, error) {
 		}
 		if st.action != "" {
 			r.mu.Lock()
-			r.rec.Stop = &StopRecord{Action: st.action, Error: errorInfo(st.err)}
-			if st.failed != nil {
-				r.rec.Stop.Step = st.failed.Name
+			if r.rec.Stop == nil {
+				r.rec.Stop = &StopRecord{Action: st.action, Error: errorInfo(st.err)}
+				if st.failed != nil {
+					r.rec.Stop.Step = st.failed.Name
+				}
 			}
 			err := r.saveLocked()
 			r.mu.Unlock()
@@ -269,8 +271,13 @@ func (r *run) prepareResume() {
 		}
 	}
 	for _, s := range r.rec.Steps {
-		if s.Rollback == "" && s.Status == Failed {
+		if s.Rollback == "" && s.Status == Failed && !s.Retrying {
 			r.failedSoFar = true
+		}
+		if r.rec.Stop != nil && s.Rollback == "" && (s.Status == Running || s.Status == Paused) {
+			// The flow had stopped; its scope was being cancelled.
+			s.Status = Aborted
+			s.Error = &ErrorInfo{Type: onfailure.AgentRestart, Message: "cancelled: the flow had stopped when the agent stopped"}
 		}
 	}
 	for _, g := range r.rec.Groups {
@@ -322,8 +329,11 @@ func (r *run) finish(status Status) (*Result, error) {
 		}
 	}
 	for _, g := range r.rec.Groups {
-		if g.Status == Pending {
+		switch g.Status {
+		case Pending:
 			g.Status = Skipped
+		case Running, Paused:
+			g.Status = Failed // the flow stopped inside it
 		}
 	}
 	if r.rec.Error == nil && r.flowCtx.Err() != nil && status != Succeeded {
@@ -510,8 +520,7 @@ func (r *run) step(ctx context.Context, s *flow.Step, g *flow.Group) stop {
 			act = groupFailed
 		}
 		if act == onfailure.ManualIntervention {
-			r.setStep(sr, Failed, err)
-			act = r.pause(ctx, s.Name, d.Strategy.Manual, sr)
+			act = r.pause(ctx, s.Name, d.Strategy.Manual, sr, err)
 			if act == interrupted {
 				return stop{action: interrupted}
 			}
@@ -520,33 +529,56 @@ func (r *run) step(ctx context.Context, s *flow.Step, g *flow.Group) stop {
 			// Out of time: nothing more may run but a rollback.
 			act = onfailure.Abort
 		}
+		// The step's end and what it implies are journaled in one write,
+		// so a restart never finds a failure without its consequence.
 		switch act {
 		case onfailure.Retry:
-			r.setStep(sr, Failed, err)
+			r.conclude(sr, Failed, err, func() { sr.Retrying = true })
 			if d.Action == onfailure.Retry && d.Wait > 0 && !r.sleep(ctx, d.Wait) {
 				return r.stopNow(ctx)
 			}
 			continue
 		case onfailure.Ignore:
-			r.setStep(sr, Ignored, err)
+			r.conclude(sr, Ignored, err, nil)
 			return stop{}
 		case onfailure.MarkAsSuccess:
-			r.mu.Lock()
-			sr.Marked = true
-			r.mu.Unlock()
-			r.setStep(sr, Succeeded, err)
+			r.conclude(sr, Succeeded, err, func() { sr.Marked = true })
 			return stop{}
 		case onfailure.MarkAsFailure:
-			r.setStep(sr, Failed, err)
-			r.markFailedSoFar()
+			r.conclude(sr, Failed, err, func() {
+				r.failedSoFar = true
+				r.addPending(r.plan(s, nil, false, err))
+			})
 			r.rollback(s, nil, false, err, nil)
 			return stop{}
+		case onfailure.RollbackGroup:
+			r.conclude(sr, Failed, err, func() { r.addPending(r.plan(s, g, true, err)) })
+		case onfailure.RetryGroup:
+			r.conclude(sr, Failed, err, func() { r.groups[g.Name].Retry = true })
+		case groupFailed:
+			r.conclude(sr, Failed, err, func() {
+				gr := r.groups[g.Name]
+				gr.Status, gr.Failure = Failed, errorInfo(err)
+			})
+		default:
+			// Abort, Exclude, RollbackFlow: the flow stops.
+			r.conclude(sr, Failed, err, func() {
+				r.rec.Stop = &StopRecord{Action: act, Step: s.Name, Error: errorInfo(err)}
+			})
 		}
-		// Abort, Exclude, RollbackFlow, RollbackGroup, RetryGroup and
-		// groupFailed end the step and go to the enclosing scope.
-		r.setStep(sr, Failed, err)
 		return stop{action: act, failed: s, err: err, wait: d.Wait}
 	}
+}
+
+// conclude ends a step's run with status and, in the same journal write,
+// whatever then must hold (then runs under r.mu).
+func (r *run) conclude(sr *StepRecord, status Status, err error, then func()) {
+	r.mu.Lock()
+	if then != nil {
+		then()
+	}
+	r.mu.Unlock()
+	r.setStep(sr, status, err)
 }
 
 // resumeState says how a step stands after a restart: done (it ended
@@ -568,6 +600,11 @@ func (r *run) resumeState(sr *StepRecord) (error, bool) {
 		return err, false
 	case Paused:
 		return infoError(sr.Error), false
+	case Failed:
+		if sr.Retrying {
+			// It failed and was waiting to be retried.
+			return infoError(sr.Error), false
+		}
 	}
 	return nil, sr.Status.Done()
 }
@@ -627,8 +664,7 @@ func (r *run) attempt(ctx context.Context, s *flow.Step, sr *StepRecord) error {
 	if sr.StartedAt == nil {
 		sr.StartedAt = &now
 	}
-	sr.Status = Running
-	sr.Error = nil
+	sr.Status, sr.Error, sr.Retrying = Running, nil, false
 	r.running[s.Name] = cancel
 	attemptNo := sr.Attempts
 	undo := sr.Undo
@@ -740,6 +776,11 @@ func (r *run) group(ctx context.Context, g *flow.Group) stop {
 	status, failure := gr.Status, gr.Failure
 	r.mu.Unlock()
 	resumed := status == Running
+	if gr.Retry {
+		// Resumed while waiting to run the group again.
+		r.resetGroup(g)
+		resumed = false
+	}
 	switch {
 	case failure != nil:
 		// Resumed with the group's failure still to be decided.
@@ -786,10 +827,7 @@ func (r *run) group(ctx context.Context, g *flow.Group) stop {
 			}
 			r.log.Info("group rolled back", "group", g.Name, "ok", ok)
 		case groupFailed:
-			r.mu.Lock()
-			gr.Status, gr.Failure = Failed, errorInfo(st.err)
-			_ = r.saveLocked()
-			r.mu.Unlock()
+			// The failing step journaled the group's failure with its own.
 		case aborted:
 			r.setGroup(gr, Aborted)
 			return st
@@ -817,7 +855,7 @@ func (r *run) groupFailure(ctx context.Context, g *flow.Group, gr *GroupRecord, 
 		onfailure.Level{Scope: onfailure.ScopeFlow, Strategies: strategies(r.f.FailureStrategies)})
 	act := d.Action
 	if act == onfailure.ManualIntervention {
-		act = r.pause(ctx, g.Name, d.Strategy.Manual, nil)
+		act = r.pause(ctx, g.Name, d.Strategy.Manual, nil, st.err)
 	}
 	if r.flowCtx.Err() != nil && act != onfailure.RollbackFlow && act != interrupted {
 		act = onfailure.Abort
@@ -881,11 +919,13 @@ func (r *run) resetGroup(g *flow.Group) {
 			s.Status = Pending
 		}
 	}
+	r.groups[g.Name].Retry = false
+	_ = r.saveLocked()
 }
 
 // pause waits for guidance on a paused step or group (nil sr), up to the
 // manual timeout, and returns the action to apply.
-func (r *run) pause(ctx context.Context, name string, m *onfailure.ManualPolicy, sr *StepRecord) onfailure.Action {
+func (r *run) pause(ctx context.Context, name string, m *onfailure.ManualPolicy, sr *StepRecord, cause error) onfailure.Action {
 	ch := make(chan Guidance, 1)
 	r.mu.Lock()
 	deadline, ok := r.rec.Pauses[name]
@@ -897,7 +937,7 @@ func (r *run) pause(ctx context.Context, name string, m *onfailure.ManualPolicy,
 		r.rec.Pauses[name] = deadline
 	}
 	if sr != nil {
-		sr.Status = Paused
+		sr.Status, sr.Error, sr.Retrying = Paused, errorInfo(cause), false
 	}
 	r.paused[name] = ch
 	r.rec.Status = Paused
@@ -1013,19 +1053,10 @@ func (r *run) markFailed(step, by, note string) error {
 // finish it. then, if set, updates the record in the same write that ends
 // the work. It reports whether everything succeeded.
 func (r *run) rollback(failed *flow.Step, g *flow.Group, withSteps bool, cause error, then func()) bool {
-	p := PlanRecord{RollbackSteps: withSteps, Error: errorInfo(cause)}
-	if failed != nil {
-		p.Step = failed.Name
-	}
-	if g != nil {
-		p.Group = g.Name
-	}
-	same := func(q PlanRecord) bool {
-		return q.Step == p.Step && q.Group == p.Group && q.RollbackSteps == p.RollbackSteps
-	}
+	p := r.plan(failed, g, withSteps, cause)
+	same := func(q PlanRecord) bool { return q.same(p) }
 	r.mu.Lock()
-	if !slices.ContainsFunc(r.rec.Pending, same) {
-		r.rec.Pending = append(r.rec.Pending, p)
+	if r.addPending(p) {
 		_ = r.saveLocked()
 	}
 	r.mu.Unlock()
@@ -1048,6 +1079,28 @@ func (r *run) rollback(failed *flow.Step, g *flow.Group, withSteps bool, cause e
 	_ = r.saveLocked()
 	r.mu.Unlock()
 	return ok
+}
+
+// plan describes rollback work for the journal.
+func (r *run) plan(failed *flow.Step, g *flow.Group, withSteps bool, cause error) PlanRecord {
+	p := PlanRecord{RollbackSteps: withSteps, Error: errorInfo(cause)}
+	if failed != nil {
+		p.Step = failed.Name
+	}
+	if g != nil {
+		p.Group = g.Name
+	}
+	return p
+}
+
+// addPending adds p to the pending rollback work unless it is there
+// already, and says whether it added it. Callers hold r.mu.
+func (r *run) addPending(p PlanRecord) bool {
+	if slices.ContainsFunc(r.rec.Pending, p.same) {
+		return false
+	}
+	r.rec.Pending = append(r.rec.Pending, p)
+	return true
 }
 
 // runPlan runs the rollback actions planned for a failure of failed (nil:
@@ -1171,30 +1224,52 @@ func (r *run) rollbackSteps(list []*flow.Step) bool {
 			return false // interrupted: the rest stays to do after a restart
 		}
 		sr := r.steps[s.Name]
+		key := "rollbackStep:" + s.Name
 		pending, done := r.resumeState(sr)
 		if done {
-			failed = failed || sr.Status == Failed
+			// It ended before a restart: its action ends with it.
+			r.mu.Lock()
+			status, info := sr.Status, sr.Error
+			r.mu.Unlock()
+			if i := r.actionIndex(key); i >= 0 {
+				r.endAction(i, status, infoErrorOrNil(info))
+			}
+			failed = failed || status == Failed
 			continue
 		}
 		w := s.When
 		run := pending != nil || w == flow.Always || (w == flow.OnFailure && failed) || ((w == "" || w == flow.OnSuccess) && !failed)
-		i := r.beginAction(ActionRecord{ActionResult: ActionResult{Step: s.Name, Action: "rollbackStep"}, Key: "rollbackStep:" + s.Name})
-		if !run {
-			r.setStep(sr, Skipped, nil)
-			r.endAction(i, Skipped, nil)
-			continue
+		i := r.beginAction(ActionRecord{ActionResult: ActionResult{Step: s.Name, Action: "rollbackStep"}, Key: key})
+		status, err := Skipped, error(nil)
+		if run {
+			status, err = r.rollbackStep(ctx, s, sr, pending)
+			if ctx.Err() != nil {
+				return false
+			}
 		}
-		status, err := r.rollbackStep(ctx, s, sr, pending)
-		if ctx.Err() != nil {
-			return false
-		}
-		if status == Failed {
-			failed = true
-		}
-		r.setStep(sr, status, err)
-		r.endAction(i, status, err)
+		failed = failed || status == Failed
+		// The step and its action end in one journal write.
+		r.conclude(sr, status, err, func() {
+			a := &r.rec.Actions[i]
+			a.Status, a.Error = status, errorInfo(err)
+		})
+		r.observe(Event{Type: EventAction, Step: s.Name, Action: "rollbackStep", Status: status, Error: errorInfo(err)})
 	}
 	return !failed
+}
+
+// actionIndex returns the index of the journaled action with key, or -1.
+func (r *run) actionIndex(key string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.IndexFunc(r.rec.Actions, func(a ActionRecord) bool { return a.Key == key })
+}
+
+func infoErrorOrNil(info *ErrorInfo) error {
+	if info == nil {
+		return nil
+	}
+	return infoError(info)
 }
 
 // rollbackStep runs a rollback step with its own Retry, Ignore and
