@@ -151,7 +151,6 @@ func TestResumePausedKeepsWaiting(t *testing.T) {
 	}
 }
 
-
 func TestResumeRollbackNoActionTwice(t *testing.T) {
 	h := newHarness(t, Options{})
 	f := parse(t, head+`rollbackOnFailure: true
