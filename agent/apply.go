@@ -18,6 +18,7 @@ import (
 	"github.com/edgeflow/edgeflow/journal"
 	"github.com/edgeflow/edgeflow/steps"
 	"github.com/edgeflow/edgeflow/steps/file"
+	"github.com/edgeflow/edgeflow/steps/reboot"
 	"github.com/edgeflow/edgeflow/steps/script"
 	"github.com/edgeflow/edgeflow/steps/verify"
 )
@@ -35,7 +36,13 @@ type Config struct {
 	// KillGrace is the time between SIGTERM and SIGKILL of a stopped
 	// script's process group; zero means script.DefaultGrace.
 	KillGrace time.Duration
-	Logger    *slog.Logger
+	// RebootCommand reboots the device for reboot steps; empty means
+	// reboot.DefaultCommand.
+	RebootCommand string
+	// BootIDFile is where the kernel's boot id is read; empty means
+	// reboot.DefaultBootIDFile (tests point it elsewhere).
+	BootIDFile string
+	Logger     *slog.Logger
 }
 
 // UsageError is bad input from the user: an invalid flow, a variable the
@@ -60,6 +67,7 @@ func Runners(c Config) map[string]steps.Runner {
 		flow.TypeFile:   &file.Runner{AllowPaths: c.AllowPaths},
 		flow.TypeScript: &script.Runner{Grace: c.KillGrace},
 		flow.TypeVerify: &verify.Runner{Grace: c.KillGrace},
+		flow.TypeReboot: &reboot.Runner{Command: c.RebootCommand, BootIDFile: c.BootIDFile, Grace: c.KillGrace},
 	}
 }
 
@@ -115,6 +123,7 @@ func Resume(ctx context.Context, cfg Config, observe func(engine.Event)) (*engin
 		}
 	}
 	cfg.AllowPaths, cfg.KillGrace = saved.AllowPaths, saved.KillGrace
+	cfg.RebootCommand, cfg.BootIDFile = saved.RebootCommand, saved.BootIDFile
 	s, err := openSession(cfg, nil, observe)
 	if err != nil {
 		return nil, err
@@ -133,8 +142,10 @@ func Resume(ctx context.Context, cfg Config, observe func(engine.Event)) (*engin
 
 // settings are the agent settings journaled with an execution.
 type settings struct {
-	AllowPaths []string      `json:"allowPaths,omitempty"`
-	KillGrace  time.Duration `json:"killGrace,omitempty"`
+	AllowPaths    []string      `json:"allowPaths,omitempty"`
+	KillGrace     time.Duration `json:"killGrace,omitempty"`
+	RebootCommand string        `json:"rebootCommand,omitempty"`
+	BootIDFile    string        `json:"bootIdFile,omitempty"`
 }
 
 // unfinished reads the state dir's unfinished execution.
@@ -187,7 +198,8 @@ func openSession(cfg Config, vars map[string]string, observe func(engine.Event))
 		return nil, err
 	}
 	s := &session{cfg: cfg, log: log, j: j}
-	agentData, err := json.Marshal(settings{AllowPaths: cfg.AllowPaths, KillGrace: cfg.KillGrace})
+	agentData, err := json.Marshal(settings{AllowPaths: cfg.AllowPaths, KillGrace: cfg.KillGrace,
+		RebootCommand: cfg.RebootCommand, BootIDFile: cfg.BootIDFile})
 	if err != nil {
 		j.Close()
 		return nil, err

@@ -181,6 +181,9 @@ type StepRecord struct {
 	Elapsed time.Duration `json:"elapsed,omitempty"`
 	// Restarts counts agent restarts that interrupted this step.
 	Restarts int `json:"restarts,omitempty"`
+	// Reentry is set when a Reentrant step continues after a restart: the
+	// next run continues the interrupted attempt.
+	Reentry bool `json:"reentry,omitempty"`
 	// Retrying is set while a failed step waits to be run again.
 	Retrying bool `json:"retrying,omitempty"`
 }

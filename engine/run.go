@@ -591,8 +591,15 @@ func (r *run) resumeState(sr *StepRecord) (error, bool) {
 	case Running:
 		sr.Restarts++
 		msg := "the agent stopped while the step was running"
-		if sr.Restarts > r.e.maxRestarts() {
+		guard := sr.Restarts > r.e.maxRestarts()
+		if guard {
 			msg = fmt.Sprintf("the step was interrupted by %d agent restarts; it is not run again (loop guard: at most %d)", sr.Restarts, r.e.maxRestarts())
+		}
+		if re, ok := r.e.opts.Runners[r.stepDef(sr.Name).Type()].(steps.Reentrant); ok && re.Reentrant() && !guard {
+			// It continues where the restart interrupted it.
+			sr.Reentry = true
+			_ = r.saveLocked()
+			return nil, false
 		}
 		err := onfailure.Errorf(onfailure.AgentRestart, "%s", msg)
 		sr.Error = errorInfo(err)
@@ -657,7 +664,10 @@ func (r *run) attempt(ctx context.Context, s *flow.Step, sr *StepRecord) error {
 		defer c()
 	}
 	r.mu.Lock()
-	sr.Attempts++
+	if !sr.Reentry {
+		sr.Attempts++
+	}
+	sr.Reentry = false
 	r.rec.Seq++
 	sr.Seq = r.rec.Seq
 	now := r.now()

@@ -68,6 +68,14 @@ type Undoer interface {
 	Undo(ctx context.Context, s *flow.Step, env *Env, undo []byte) error
 }
 
+// Reentrant is implemented by step types whose Run, called again after an
+// agent restart with Env.Undo as journaled before, continues the run the
+// restart interrupted (a reboot step confirming the new boot) instead of
+// failing with AgentRestart.
+type Reentrant interface {
+	Reentrant() bool
+}
+
 // DefaultLogCap is the default size cap of a step's captured log.
 const DefaultLogCap = 64 << 10
 

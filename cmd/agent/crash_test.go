@@ -366,3 +366,122 @@ func TestCrashRandom(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// runFlow writes doc (with @TMP@) to a new directory and applies it with
+// the plain agent; it returns the directory and apply's error.
+func runFlow(t *testing.T, doc string, extra ...string) (string, error) {
+	t.Helper()
+	dir := t.TempDir()
+	doc = strings.ReplaceAll(doc, "@TMP@", dir)
+	if err := os.WriteFile(filepath.Join(dir, "flow.yaml"), []byte(doc), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	args := append([]string{"apply", filepath.Join(dir, "flow.yaml"), "--state-dir", filepath.Join(dir, "state"), "--output", "json"}, extra...)
+	return dir, exec.Command(agentBin, args...).Run()
+}
+
+// resumeJSON runs resume until it prints a result (each resume may be
+// killed again by the flow itself), at most n times.
+func resumeJSON(t *testing.T, dir string, n int) map[string]any {
+	t.Helper()
+	for i := 0; i < n; i++ {
+		cmd := exec.Command(agentBin, "resume", "--state-dir", filepath.Join(dir, "state"), "--output", "json")
+		var out bytes.Buffer
+		cmd.Stdout = &out
+		err := cmd.Run()
+		if killedBySIGKILL(err) {
+			continue
+		}
+		var res map[string]any
+		if jerr := json.Unmarshal(out.Bytes(), &res); jerr != nil {
+			t.Fatalf("resume: %v / %v: %s", err, jerr, out.String())
+		}
+		return res
+	}
+	t.Fatalf("resume never finished in %d tries", n)
+	return nil
+}
+
+func stepsOf(res map[string]any) string {
+	var parts []string
+	for _, s := range res["steps"].([]any) {
+		m := s.(map[string]any)
+		parts = append(parts, fmt.Sprintf("%s=%s", m["name"], m["status"]))
+	}
+	return strings.Join(parts, " ")
+}
+
+// TestScriptKillsItsAgent: a script step kills its own agent (kill -9
+// $PPID); after resume the outcome follows the step's AgentRestart
+// strategy.
+func TestScriptKillsItsAgent(t *testing.T) {
+	cases := []struct {
+		name, strategy, status, steps, message string
+	}{
+		{"ignore", "[{errors: [AgentRestart], action: Ignore}]", "Succeeded", "killer=Ignored after=Succeeded", "the agent stopped while the step was running"},
+		{"no strategy aborts", "[]", "Failed", "killer=Failed after=Skipped", "the agent stopped while the step was running"},
+		{"retry hits the loop guard", "[{errors: [AgentRestart], action: Retry, retry: {count: 10}}]", "Failed", "killer=Failed after=Skipped", "loop guard"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			dir, err := runFlow(t, `version: 1
+name: killer
+steps:
+  - name: killer
+    script: {run: 'echo run >> "@TMP@/killer.log"; kill -9 $PPID; sleep 5'}
+    failureStrategies: `+c.strategy+`
+  - name: after
+    script: {run: 'touch "@TMP@/after"'}
+`)
+			if !killedBySIGKILL(err) {
+				t.Fatalf("the step should have killed its agent: %v", err)
+			}
+			res := resumeJSON(t, dir, 6)
+			if res["status"] != c.status || stepsOf(res) != c.steps {
+				t.Fatalf("got %v %s, want %s %s", res["status"], stepsOf(res), c.status, c.steps)
+			}
+			killer := res["steps"].([]any)[0].(map[string]any)
+			e := killer["error"].(map[string]any)
+			if e["type"] != "AgentRestart" || !strings.Contains(e["message"].(string), c.message) {
+				t.Fatalf("error %v, want AgentRestart with %q", e, c.message)
+			}
+		})
+	}
+}
+
+// TestRebootStep: the reboot command "reboots" (changes the boot id and
+// kills the agent, as a real reboot would); after the restart the step sees
+// the new boot and succeeds, and the flow goes on.
+func TestRebootStep(t *testing.T) {
+	dir := t.TempDir()
+	bootID := filepath.Join(dir, "boot_id")
+	if err := os.WriteFile(bootID, []byte("boot-1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	doc := strings.ReplaceAll(`version: 1
+name: reboot
+steps:
+  - {name: before, script: {run: 'echo before >> "@TMP@/log"'}}
+  - {name: reboot, timeout: 1m, reboot: {}}
+  - {name: after, script: {run: 'echo after >> "@TMP@/log"'}}
+`, "@TMP@", dir)
+	if err := os.WriteFile(filepath.Join(dir, "flow.yaml"), []byte(doc), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	err := exec.Command(agentBin, "apply", filepath.Join(dir, "flow.yaml"), "--state-dir", filepath.Join(dir, "state"),
+		"--boot-id-file", bootID, "--reboot-command", "echo boot-2 > "+bootID+"; kill -9 $PPID").Run()
+	if !killedBySIGKILL(err) {
+		t.Fatalf("the reboot should have stopped the agent: %v", err)
+	}
+	res := resumeJSON(t, dir, 1)
+	if res["status"] != "Succeeded" || stepsOf(res) != "before=Succeeded reboot=Succeeded after=Succeeded" {
+		t.Fatalf("got %v %s", res["status"], stepsOf(res))
+	}
+	if a := res["steps"].([]any)[1].(map[string]any)["attempts"]; a != 1.0 {
+		t.Errorf("the reboot is one attempt, got %v", a)
+	}
+	if log, _ := os.ReadFile(filepath.Join(dir, "log")); string(log) != "before\nafter\n" {
+		t.Errorf("steps ran %q, want each once", log)
+	}
+}

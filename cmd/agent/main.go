@@ -16,6 +16,7 @@ import (
 	"github.com/edgeflow/edgeflow/engine"
 	"github.com/edgeflow/edgeflow/internal/cli"
 	"github.com/edgeflow/edgeflow/onfailure"
+	"github.com/edgeflow/edgeflow/steps/reboot"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -80,6 +81,9 @@ ran).`,
 	f.StringArrayVar(&vars, "var", nil, "set a flow variable K=V (repeatable; must be declared under vars)")
 	f.StringArrayVar(&opts.AllowPaths, "allow-path", nil, "file steps may only write below DIR (repeatable; default: anywhere)")
 	f.DurationVar(&opts.KillGrace, "kill-grace", 10*time.Second, "time between SIGTERM and SIGKILL when a script is stopped")
+	f.StringVar(&opts.RebootCommand, "reboot-command", reboot.DefaultCommand, "command that reboots the device (reboot steps)")
+	f.StringVar(&opts.BootIDFile, "boot-id-file", reboot.DefaultBootIDFile, "where the kernel's boot id is read (reboot steps)")
+	_ = f.MarkHidden("boot-id-file")
 	f.StringVar(&level, "log-level", "warn", "log level on stderr: debug, info, warn, error")
 	return cmd
 }
