@@ -70,7 +70,7 @@ ran).`,
 				opts.Observe = agent.Progress(stderr)
 			}
 			res, err := agent.Apply(cmd.Context(), opts)
-			return report(stdout, stderr, output, res, err)
+			return report(stdout, output, res, err)
 		},
 	}
 	f := cmd.Flags()
@@ -89,12 +89,10 @@ ran).`,
 }
 
 // report prints a run's result and maps it to the exit status of spec 11.
-func report(stdout, stderr io.Writer, output string, res *engine.Result, err error) error {
+func report(stdout io.Writer, output string, res *engine.Result, err error) error {
 	if err != nil && res == nil {
 		if output == "json" && agent.IsUsage(err) {
 			_ = agent.WriteErrorJSON(stdout, err)
-			fmt.Fprintln(stderr, "edgeflow-agent:", err)
-			return &cli.ExitError{Code: cli.ExitInvalid}
 		}
 		return err
 	}
@@ -145,7 +143,7 @@ says so and exits 0.`,
 				fmt.Fprintln(stderr, "edgeflow-agent:", err)
 				return nil
 			}
-			return report(stdout, stderr, output, res, err)
+			return report(stdout, output, res, err)
 		},
 	}
 	f := cmd.Flags()

@@ -66,7 +66,13 @@ func Run(root *cobra.Command, args []string, stderr io.Writer) int {
 	case errors.As(err, &ee):
 		return ee.Code
 	}
-	fmt.Fprintf(stderr, "%s: %v\n", root.Name(), err)
+	var ps flow.Problems
+	if errors.As(err, &ps) {
+		// FILE:LINE:COL: message, one a line, as compilers print them.
+		fmt.Fprintln(stderr, ps.Error())
+	} else {
+		fmt.Fprintf(stderr, "%s: %v\n", root.Name(), err)
+	}
 	var u usage
 	if errors.As(err, &u) && u.IsUsage() {
 		return ExitInvalid
