@@ -38,7 +38,21 @@ const (
 	interrupted onfailure.Action = "interrupted"
 	// aborted: this step was cancelled because a sibling stopped the scope.
 	aborted onfailure.Action = "aborted"
+	// journalStop: the journal cannot be written; nothing more may act.
+	journalStop onfailure.Action = "journalStop"
 )
+
+// JournalError says the journal could not be written, so the engine
+// stopped before acting: the execution stays unfinished in the journal (as
+// of its last write) and can be resumed once the cause (a full disk, say)
+// is fixed.
+type JournalError struct{ Err error }
+
+func (e *JournalError) Error() string {
+	return "journal: " + e.Err.Error() + " (nothing more was done; fix the cause and run resume)"
+}
+
+func (e *JournalError) Unwrap() error { return e.Err }
 
 // errScopeStopped is the cancel cause for parallel siblings of a failure
 // that stops their scope.
@@ -173,7 +187,7 @@ func (r *run) execute(ctx context.Context, resuming bool) (*Result, error) {
 		r.log.Info("flow started", "device", r.rec.DeviceID)
 	}
 	if err := r.save(); err != nil {
-		return nil, fmt.Errorf("journal: %w", err)
+		return nil, &JournalError{Err: err}
 	}
 	if resuming {
 		r.finishPending()
@@ -188,8 +202,11 @@ func (r *run) execute(ctx context.Context, resuming bool) (*Result, error) {
 		st = stop{action: r.rec.Stop.Action, failed: r.stepDef(r.rec.Stop.Step), err: infoError(r.rec.Stop.Error)}
 	} else {
 		st = r.entries(flowCtx, r.f.Steps, nil, false)
-		if st.action == interrupted {
+		switch st.action {
+		case interrupted:
 			return r.interrupted()
+		case journalStop:
+			return r.journalFailed(st.err)
 		}
 		if st.action != "" {
 			r.mu.Lock()
@@ -202,7 +219,7 @@ func (r *run) execute(ctx context.Context, resuming bool) (*Result, error) {
 			err := r.saveLocked()
 			r.mu.Unlock()
 			if err != nil {
-				return r.interrupted()
+				return r.journalFailed(&JournalError{Err: err})
 			}
 		}
 	}
@@ -310,6 +327,15 @@ func (r *run) failed() bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.failedSoFar
+}
+
+// journalFailed ends a run whose journal cannot be written.
+func (r *run) journalFailed(err error) (*Result, error) {
+	r.mu.Lock()
+	res := r.rec.Result()
+	r.mu.Unlock()
+	r.log.Error("journal write failed; stopping", "error", err, "kind", onfailure.KindOf(err))
+	return res, err
 }
 
 func (r *run) interrupted() (*Result, error) {
@@ -499,6 +525,10 @@ func (r *run) step(ctx context.Context, s *flow.Step, g *flow.Group) stop {
 		if r.root.Err() != nil {
 			return stop{action: interrupted}
 		}
+		var je *JournalError
+		if errors.As(err, &je) {
+			return stop{action: journalStop, failed: s, err: je}
+		}
 		if errors.Is(context.Cause(ctx), errScopeStopped) && r.flowCtx.Err() == nil {
 			r.setStep(sr, Aborted, errScopeStopped)
 			return stop{action: aborted}
@@ -681,7 +711,7 @@ func (r *run) attempt(ctx context.Context, s *flow.Step, sr *StepRecord) error {
 	err := r.saveLocked()
 	r.mu.Unlock()
 	if err != nil {
-		return onfailure.Wrap("journal", err)
+		return &JournalError{Err: err}
 	}
 	r.log.Info("step started", "step", s.Name, "attempt", attemptNo)
 	r.observe(Event{Type: EventStep, Step: s.Name, Group: sr.Group, Status: Running, Attempt: attemptNo})
@@ -740,7 +770,10 @@ func (r *run) env(s *flow.Step, ps placedStep, attempt int, undo []byte, sr *Ste
 		r.mu.Lock()
 		defer r.mu.Unlock()
 		sr.Undo = append([]byte(nil), data...)
-		return r.saveLocked()
+		if err := r.saveLocked(); err != nil {
+			return &JournalError{Err: err}
+		}
+		return nil
 	}
 	return env, nil
 }
