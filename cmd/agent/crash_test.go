@@ -485,3 +485,51 @@ steps:
 		t.Errorf("steps ran %q, want each once", log)
 	}
 }
+
+// TestDamagedJournalRefused: a corrupt journal, or one from a newer agent,
+// stops the agent with a message naming the file and what to do, and the
+// file is left exactly as it was.
+func TestDamagedJournalRefused(t *testing.T) {
+	for _, c := range []struct{ name, want string }{
+		{"corrupt", "move it aside"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			dir := t.TempDir()
+			state := filepath.Join(dir, "state")
+			if err := os.MkdirAll(state, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			db := filepath.Join(state, "journal.db")
+			garbage := bytes.Repeat([]byte("not a journal "), 4096)
+			if err := os.WriteFile(db, garbage, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			flowFile := filepath.Join(dir, "flow.yaml")
+			if err := os.WriteFile(flowFile, []byte("version: 1\nname: x\nsteps: [{name: a, script: {run: 'touch "+dir+"/ran'}}]\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			for _, args := range [][]string{
+				{"apply", flowFile, "--state-dir", state},
+				{"resume", "--state-dir", state},
+			} {
+				cmd := exec.Command(agentBin, args...)
+				var stderr bytes.Buffer
+				cmd.Stderr = &stderr
+				err := cmd.Run()
+				var ee *exec.ExitError
+				if !errors.As(err, &ee) || ee.ExitCode() != 1 {
+					t.Fatalf("%s: want exit 1, got %v", args[0], err)
+				}
+				if !strings.Contains(stderr.String(), db) || !strings.Contains(stderr.String(), c.want) {
+					t.Errorf("%s: the message must name %s and say what to do: %s", args[0], db, stderr.String())
+				}
+			}
+			if data, _ := os.ReadFile(db); !bytes.Equal(data, garbage) {
+				t.Fatal("the journal was modified")
+			}
+			if _, err := os.Stat(filepath.Join(dir, "ran")); err == nil {
+				t.Fatal("a step ran without a journal")
+			}
+		})
+	}
+}
