@@ -347,6 +347,7 @@ func (r *run) interrupted() (*Result, error) {
 }
 
 func (r *run) finish(status Status) (*Result, error) {
+	r.finishSteps()
 	r.mu.Lock()
 	now := r.now()
 	for _, s := range r.rec.Steps {
@@ -379,6 +380,32 @@ func (r *run) finish(status Status) (*Result, error) {
 		return res, fmt.Errorf("journal: %w", err)
 	}
 	return res, nil
+}
+
+// finishSteps lets step types release what they kept for a rollback (see
+// steps.Finisher). It runs before the execution's last journal write, so a
+// restart runs it again rather than never.
+func (r *run) finishSteps() {
+	for _, ps := range allSteps(r.f) {
+		fin, ok := r.e.opts.Runners[ps.step.Type()].(steps.Finisher)
+		if !ok {
+			continue
+		}
+		r.mu.Lock()
+		sr := r.steps[ps.step.Name]
+		undo, attempt := sr.Undo, sr.Attempts
+		r.mu.Unlock()
+		if undo == nil {
+			continue
+		}
+		env, err := r.env(ps.step, ps, attempt, undo, sr)
+		if err == nil {
+			err = fin.Finish(r.rollbackCtx(), ps.step, env, undo)
+		}
+		if err != nil {
+			r.log.Warn("finish step", "step", ps.step.Name, "error", err)
+		}
+	}
 }
 
 // when decides whether a step or group with condition w runs now.

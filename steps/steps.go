@@ -68,6 +68,16 @@ type Undoer interface {
 	Undo(ctx context.Context, s *flow.Step, env *Env, undo []byte) error
 }
 
+// Finisher is implemented by step types that keep something until the flow
+// ends (the previous container, kept stopped so that
+// restartPreviousContainer can bring it back). Once the flow has ended,
+// whatever its status, the engine calls Finish for every step of the type
+// that journaled undo data. Finish must be idempotent: after a restart it
+// may run again.
+type Finisher interface {
+	Finish(ctx context.Context, s *flow.Step, env *Env, undo []byte) error
+}
+
 // Reentrant is implemented by step types whose Run, called again after an
 // agent restart with Env.Undo as journaled before, continues the run the
 // restart interrupted (a reboot step confirming the new boot) instead of
