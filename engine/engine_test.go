@@ -102,6 +102,11 @@ func (f *fake) Undo(_ context.Context, s *flow.Step, _ *steps.Env, undo []byte) 
 	return nil
 }
 
+func (f *fake) Finish(_ context.Context, s *flow.Step, _ *steps.Env, undo []byte) error {
+	f.record("finish:" + s.Name)
+	return nil
+}
+
 func (f *fake) RunScript(ctx context.Context, sc *flow.Script, env *steps.Env) error {
 	f.record("script:" + env.Step)
 	return behave(ctx, sc.Run, env)
@@ -230,7 +235,7 @@ func TestScenarios(t *testing.T) {
 `,
 			status: Failed, steps: "a=Succeeded b=Failed c=Skipped",
 			actions: "b.command=Succeeded a.revertFiles=Succeeded",
-			calls:   []string{"run:a#1", "run:b#1", "command:cleanup-b", "undo:a:undo-a"},
+			calls:   []string{"run:a#1", "run:b#1", "command:cleanup-b", "undo:a:undo-a", "finish:a"},
 		},
 		{
 			name: "retry counts attempts and succeeds",
@@ -312,7 +317,7 @@ steps:
 `,
 			status: RolledBack, steps: "a=Succeeded b=Succeeded c=Failed d=Skipped",
 			actions: "c.command=Succeeded b.command=Succeeded a.revertFiles=Succeeded r1.rollbackStep=Succeeded r2.rollbackStep=Succeeded",
-			calls:   []string{"run:a#1", "run:b#1", "run:c#1", "command:undo-c", "command:undo-b", "undo:a:undo-a", "run:r1#1", "run:r2#1"},
+			calls:   []string{"run:a#1", "run:b#1", "run:c#1", "command:undo-c", "command:undo-b", "undo:a:undo-a", "run:r1#1", "run:r2#1", "finish:a"},
 		},
 		{
 			name: "failing rollback step stops the rest except when: always",
