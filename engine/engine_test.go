@@ -429,7 +429,7 @@ steps:
       steps: [{name: a, script: {run: fail Unknown}}]
   - {name: b, script: {run: ok}}
 `,
-			status: Succeeded, steps: "a=Failed/2 b=Succeeded", groups: "g=Failed",
+			status: Succeeded, steps: "a=Failed/2 b=Succeeded", groups: "g=Ignored",
 		},
 		{
 			name: "outputs and variables flow between steps",

@@ -932,31 +932,39 @@ func (r *run) groupFailure(ctx context.Context, g *flow.Group, gr *GroupRecord, 
 	}
 	switch act {
 	case onfailure.Retry:
-		r.decided(gr)
+		r.decided(gr, Running)
 		if d.Wait > 0 && !r.sleep(ctx, d.Wait) {
 			return r.stopNow(ctx), false
 		}
 		return stop{}, true
-	case onfailure.Ignore, onfailure.MarkAsSuccess:
-		r.decided(gr)
+	case onfailure.Ignore:
+		r.decided(gr, Ignored)
+		return stop{}, false
+	case onfailure.MarkAsSuccess:
+		r.decided(gr, Succeeded)
 		return stop{}, false
 	case onfailure.MarkAsFailure:
 		r.markFailedSoFar()
 		r.rollback(nil, nil, false, st.err, nil)
-		r.decided(gr)
+		r.decided(gr, Failed)
 		return stop{}, false
 	}
 	if act != interrupted {
-		r.decided(gr)
+		r.decided(gr, Failed)
 	}
 	return stop{action: act, err: st.err}, false
 }
 
 // decided clears a group's pending failure once the flow's strategies
-// have decided it.
-func (r *run) decided(gr *GroupRecord) {
+// have decided it, and gives the group the status the decision means
+// (spec 5's table: Ignore → Ignored, MarkAsSuccess → Succeeded); a rolled
+// back group keeps RolledBack whatever they decide.
+func (r *run) decided(gr *GroupRecord, status Status) {
 	r.mu.Lock()
 	gr.Failure = nil
+	if gr.Status != RolledBack {
+		gr.Status = status
+	}
 	_ = r.saveLocked()
 	r.mu.Unlock()
 }
