@@ -536,12 +536,7 @@ func (r *run) step(ctx context.Context, s *flow.Step, g *flow.Group) stop {
 		return stop{}
 	}
 	for {
-		var err error
-		if pending != nil {
-			err, pending = pending, nil
-		} else {
-			err = r.attempt(ctx, s, sr)
-		}
+		err := r.next(ctx, s, sr, &pending)
 		if err == nil {
 			r.mu.Lock()
 			sr.Error = nil
@@ -671,6 +666,16 @@ func (r *run) resumeState(sr *StepRecord) (error, bool) {
 		}
 	}
 	return nil, sr.Status.Done()
+}
+
+// next returns the failure a restart left to handle first (and forgets
+// it), or else runs a new attempt of the step.
+func (r *run) next(ctx context.Context, s *flow.Step, sr *StepRecord, pending *error) error {
+	if err := *pending; err != nil {
+		*pending = nil
+		return err
+	}
+	return r.attempt(ctx, s, sr)
 }
 
 func (r *run) stopNow(ctx context.Context) stop {
@@ -1354,12 +1359,7 @@ func infoErrorOrNil(info *ErrorInfo) error {
 // MarkAsSuccess strategies; any other outcome is a failure.
 func (r *run) rollbackStep(ctx context.Context, s *flow.Step, sr *StepRecord, pending error) (Status, error) {
 	for {
-		var err error
-		if pending != nil {
-			err, pending = pending, nil
-		} else {
-			err = r.attempt(ctx, s, sr)
-		}
+		err := r.next(ctx, s, sr, &pending)
 		if err == nil {
 			return Succeeded, nil
 		}

@@ -100,7 +100,7 @@ func (r *Runner) RunScript(ctx context.Context, sc *flow.Script, env *steps.Env)
 		defer cancel()
 	}
 
-	last := &lastLine{}
+	last := &LastLine{}
 	var out io.Writer = last
 	if env.Log != nil {
 		out = io.MultiWriter(env.Log, last)
@@ -114,7 +114,7 @@ func (r *Runner) RunScript(ctx context.Context, sc *flow.Script, env *steps.Env)
 	if code != 0 {
 		return &onfailure.Error{
 			Kind: exitKind(sc.ErrorTypes, code),
-			Err:  &ExitError{Code: code, LastLine: last.line()},
+			Err:  &ExitError{Code: code, LastLine: last.Line()},
 		}
 	}
 	outputs, err := readOutputs(outPath)
@@ -238,22 +238,23 @@ func readOutputs(path string) (map[string]string, error) {
 		if !outputNameRE.MatchString(name) {
 			return nil, onfailure.Errorf(onfailure.Unknown,
 				"output file %s line %d: output name %q must match [A-Za-z_][A-Za-z0-9_]*",
-				path, n+1, clip(name, 64))
+				path, n+1, Clip(name, 64))
 		}
 		outputs[name] = value
 	}
 	return outputs, nil
 }
 
-// lastLine keeps the end of the output, to name its last line.
-type lastLine struct {
+// LastLine is an io.Writer that keeps the end of what is written to it,
+// so an error can quote the last line of a command's output.
+type LastLine struct {
 	mu  sync.Mutex
 	buf []byte
 }
 
 const lastLineKeep = 4096
 
-func (l *lastLine) Write(p []byte) (int, error) {
+func (l *LastLine) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if len(p) >= lastLineKeep {
@@ -267,19 +268,20 @@ func (l *lastLine) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// line returns the last non-empty line written, trimmed and clipped.
-func (l *lastLine) line() string {
+// Line returns the last non-empty line written, trimmed and clipped to
+// 200 bytes.
+func (l *LastLine) Line() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	s := strings.TrimRight(string(l.buf), " \t\r\n")
 	if i := strings.LastIndexAny(s, "\r\n"); i >= 0 {
 		s = s[i+1:]
 	}
-	return clip(strings.TrimSpace(s), 200)
+	return Clip(strings.TrimSpace(s), 200)
 }
 
-// clip shortens s to at most n bytes, marking the cut.
-func clip(s string, n int) string {
+// Clip shortens s to at most n bytes, marking the cut.
+func Clip(s string, n int) string {
 	if len(s) <= n {
 		return s
 	}

@@ -11,8 +11,6 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -101,10 +99,10 @@ type commandProbe struct {
 	log   io.Writer
 }
 
-func (p *commandProbe) target() string { return fmt.Sprintf("command %q", clip(p.text, 80)) }
+func (p *commandProbe) target() string { return fmt.Sprintf("command %q", script.Clip(p.text, 80)) }
 
 func (p *commandProbe) probe(ctx context.Context, d time.Duration) (*failure, error) {
-	last := &lastLine{}
+	last := &script.LastLine{}
 	code, err := script.Exec(ctx, script.Command{
 		Text: p.text, Dir: p.dir, Grace: p.grace,
 		Output: io.MultiWriter(p.log, last),
@@ -121,7 +119,7 @@ func (p *commandProbe) probe(ctx context.Context, d time.Duration) (*failure, er
 		return nil, nil
 	}
 	msg := fmt.Sprintf("command exited %d", code)
-	if l := last.line(); l != "" {
+	if l := last.Line(); l != "" {
 		msg += ": " + l
 	}
 	return &failure{verdict: true, msg: msg}, nil
@@ -194,43 +192,6 @@ func reason(err error, d time.Duration) string {
 	return err.Error()
 }
 
-// lastLine keeps the end of a command's output, to name its last line.
-type lastLine struct {
-	mu  sync.Mutex
-	buf []byte
-}
-
-const lastLineKeep = 1024
-
-func (l *lastLine) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.buf = append(l.buf, p...)
-	if len(l.buf) > lastLineKeep {
-		l.buf = append(l.buf[:0], l.buf[len(l.buf)-lastLineKeep:]...)
-	}
-	return len(p), nil
-}
-
-// line returns the last non-empty line written, trimmed and clipped.
-func (l *lastLine) line() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	s := strings.TrimRight(string(l.buf), " \t\r\n")
-	if i := strings.LastIndexAny(s, "\r\n"); i >= 0 {
-		s = s[i+1:]
-	}
-	return clip(strings.TrimSpace(s), 200)
-}
-
-// clip shortens s to at most n bytes, marking the cut.
-func clip(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return strings.ToValidUTF8(s[:n], "") + "..."
-}
-
 // MaxLogLines is the most lines the failed probes of one step write to
 // Env.Log.
 const MaxLogLines = 50
@@ -250,7 +211,7 @@ type probeLog struct {
 }
 
 func (l *probeLog) probe(n int, msg string) {
-	msg = clip(msg, 300)
+	msg = script.Clip(msg, 300)
 	if l.lines >= alwaysLogged && msg == l.last {
 		if l.same == 0 {
 			l.sameFrom = n
