@@ -104,9 +104,14 @@ type ErrorOutput struct {
 	Problems []Problem `json:"problems,omitempty"`
 }
 
-// WriteErrorJSON writes err as an ErrorOutput with status "Invalid".
+// WriteErrorJSON writes err as an ErrorOutput: status "Invalid" for bad
+// input (exit status 2), "Error" when the agent could not run the flow at
+// all (its state dir in use, a damaged journal; exit status 1).
 func WriteErrorJSON(w io.Writer, err error) error {
-	out := ErrorOutput{Status: "Invalid", Error: err.Error()}
+	out := ErrorOutput{Status: "Error", Error: err.Error()}
+	if IsUsage(err) {
+		out.Status = "Invalid"
+	}
 	var ps flow.Problems
 	if errors.As(err, &ps) {
 		out.Error = "invalid flow"

@@ -21,7 +21,10 @@ func Status(ctx context.Context, stateDir string) (*engine.Result, error) {
 	switch {
 	case err == nil && resp.Result != nil:
 		return resp.Result, nil
-	case err != nil && !errors.Is(err, ErrNoAgent):
+	case err == nil:
+		// An agent holds the state dir but has no execution yet.
+		return nil, errors.New("an agent holds this state dir and is starting a flow; try again")
+	case !errors.Is(err, ErrNoAgent):
 		return nil, err
 	}
 	j, err := journal.Open(stateDir, journal.Options{})

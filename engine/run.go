@@ -1084,18 +1084,13 @@ func (r *run) guide(g Guidance) error {
 		return fmt.Errorf("%q is not paused", name)
 	}
 	ps, isStep := r.flowSteps[name]
-	switch g.Action {
-	case onfailure.Retry, onfailure.Ignore, onfailure.MarkAsSuccess, onfailure.MarkAsFailure, onfailure.Abort, onfailure.Exclude:
-	case onfailure.RollbackGroup:
-		if !isStep || ps.group == nil {
-			return fmt.Errorf("RollbackGroup: %q is not in a group", name)
-		}
-	case onfailure.RollbackFlow:
-		if !r.f.RollbackOnFailure {
-			return errors.New("RollbackFlow: the flow does not set rollbackOnFailure: true")
-		}
-	default:
+	switch {
+	case !g.Action.Guidance():
 		return fmt.Errorf("%q is not a guidance action (Retry, Ignore, MarkAsSuccess, MarkAsFailure, Abort, RollbackGroup, RollbackFlow, Exclude)", g.Action)
+	case g.Action == onfailure.RollbackGroup && (!isStep || ps.group == nil):
+		return fmt.Errorf("RollbackGroup: %q is not in a group", name)
+	case g.Action == onfailure.RollbackFlow && !r.f.RollbackOnFailure:
+		return errors.New("RollbackFlow: the flow does not set rollbackOnFailure: true")
 	}
 	g.Step = name
 	select {

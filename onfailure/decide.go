@@ -36,6 +36,20 @@ func (a Action) Valid() bool {
 	return false
 }
 
+// GuidanceActions are the answers an operator may give a paused step
+// (spec 7).
+var GuidanceActions = []Action{Retry, Ignore, MarkAsSuccess, MarkAsFailure, Abort, RollbackGroup, RollbackFlow, Exclude}
+
+// Guidance reports whether a is one of GuidanceActions.
+func (a Action) Guidance() bool {
+	for _, v := range GuidanceActions {
+		if a == v {
+			return true
+		}
+	}
+	return false
+}
+
 // GroupOnly reports whether a is valid only inside a step group.
 func (a Action) GroupOnly() bool { return a == RetryGroup || a == RollbackGroup }
 

@@ -91,7 +91,7 @@ ran).`,
 // report prints a run's result and maps it to the exit status of spec 11.
 func report(stdout io.Writer, output string, res *engine.Result, err error) error {
 	if err != nil && res == nil {
-		if output == "json" && agent.IsUsage(err) {
+		if output == "json" {
 			_ = agent.WriteErrorJSON(stdout, err)
 		}
 		return err
@@ -160,6 +160,9 @@ func guideCmd(stdout io.Writer) *cobra.Command {
 		Short: "Answer a paused step: Retry, Ignore, MarkAsSuccess, MarkAsFailure, Abort, RollbackGroup, RollbackFlow or Exclude",
 		Args:  cli.Args(1),
 		RunE: func(cmd *cobra.Command, a []string) error {
+			if !onfailure.Action(a[0]).Guidance() {
+				return cli.Usage(fmt.Errorf("%q is not a guidance action (Retry, Ignore, MarkAsSuccess, MarkAsFailure, Abort, RollbackGroup, RollbackFlow, Exclude)", a[0]))
+			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), 15*time.Second)
 			defer cancel()
 			_, err := agent.Ask(ctx, stateDir, agent.ControlRequest{Op: "guide", Action: onfailure.Action(a[0]), Step: step, Note: note})
