@@ -19,6 +19,7 @@ import (
 // fake is a step runner, undoer and command runner for engine tests: the
 // narrow interfaces the engine declares. A step's behaviour comes from its
 // script text: "ok", "fail KIND", "fail KIND until N" (fails attempts < N),
+// "after STEP ..." (waits until STEP has started, then does the rest),
 // "block" (runs until its context ends), "out NAME=VALUE", "slow" (sleeps
 // 50ms, then ok).
 type fake struct {
@@ -59,11 +60,32 @@ func (f *fake) Run(ctx context.Context, s *flow.Step, env *steps.Env) error {
 		return err
 	}
 	f.record(fmt.Sprintf("run:%s#%d", s.Name, env.Attempt))
-	return behave(ctx, expanded, env)
+	return f.behave(ctx, expanded, env)
 }
 
-func behave(ctx context.Context, text string, env *steps.Env) error {
+// started reports whether step name has started.
+func (f *fake) started(name string) bool {
+	for _, c := range f.Calls() {
+		if strings.HasPrefix(c, "run:"+name+"#") {
+			return true
+		}
+	}
+	return false
+}
+
+func (f *fake) behave(ctx context.Context, text string, env *steps.Env) error {
 	fields := strings.Fields(text)
+	if len(fields) > 2 && fields[0] == "after" {
+		// "after NAME ...": wait until step NAME has started.
+		for !f.started(fields[1]) {
+			select {
+			case <-ctx.Done():
+				return context.Cause(ctx)
+			case <-time.After(time.Millisecond):
+			}
+		}
+		fields = fields[2:]
+	}
 	switch {
 	case len(fields) == 0 || fields[0] == "ok":
 		return nil
@@ -109,7 +131,7 @@ func (f *fake) Finish(_ context.Context, s *flow.Step, _ *steps.Env, undo []byte
 
 func (f *fake) RunScript(ctx context.Context, sc *flow.Script, env *steps.Env) error {
 	f.record("script:" + env.Step)
-	return behave(ctx, sc.Run, env)
+	return f.behave(ctx, sc.Run, env)
 }
 
 func (f *fake) RunCommand(ctx context.Context, text string, env *steps.Env) error {
@@ -346,7 +368,7 @@ steps:
 			doc: head + `steps:
   - parallel:
       - {name: a, script: {run: block}, onFailure: [{action: command, command: undo-a, trigger: anyStep}]}
-      - {name: b, script: {run: fail Unknown}}
+      - {name: b, script: {run: after a fail Unknown}}
   - {name: c, script: {run: ok}}
 `,
 			status: Failed, steps: "a=Aborted b=Failed c=Skipped",
