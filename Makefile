@@ -4,7 +4,7 @@ BIN         ?= bin
 STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 LDFLAGS     ?= -s -w -X main.version=$(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: all build test check fmt vet lint unit fuzz bench demo size clean
+.PHONY: all build test services check fmt vet lint unit fuzz bench demo size clean
 
 all: build
 
@@ -12,8 +12,12 @@ build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/edgeflow-agent ./cmd/agent
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/edgeflow ./cmd/controller
 
-# test: formatting, vet, staticcheck, then every test with the race detector.
-test: check unit
+# test: the services the tests need (Docker engine, Compose CLIs), formatting,
+# vet, staticcheck, then every test with the race detector.
+test: services check unit
+
+services:
+	./scripts/services.sh
 
 check: fmt vet lint
 

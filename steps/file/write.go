@@ -147,3 +147,12 @@ func (c ctxReader) Read(p []byte) (int, error) {
 	}
 	return c.r.Read(p)
 }
+
+// Install replaces path atomically with the bytes of src, with the
+// permission bits mode and the agent's owner, as a file step installs an
+// entry: path holds its old content or all of the new, never a mix. Other
+// step types that keep files of their own (the compose step's project
+// file) use it.
+func Install(path string, src io.Reader, mode os.FileMode) error {
+	return writeAtomic(path, src, attrs{mode: uint32(mode.Perm()), uid: -1, gid: -1}, nil)
+}
