@@ -43,15 +43,16 @@ type Engine interface {
 	// environment, command, health check, labels) is left to the new
 	// image. It returns the new container's id.
 	Clone(ctx context.Context, from, name, image string) (string, error)
-	// Rename renames a container.
+	// Rename renames a container; renaming it to the name it has is no
+	// error.
 	Rename(ctx context.Context, id, name string) error
 	// Start starts a container; starting a running one is no error.
 	Start(ctx context.Context, id string) error
 	// Stop stops a container, killing it after grace; stopping a stopped
 	// one is no error.
 	Stop(ctx context.Context, id string, grace time.Duration) error
-	// Remove removes a container, stopping it first; removing one that is
-	// gone is no error.
+	// Remove removes a container, killing it first if it runs, with its
+	// anonymous volumes; removing one that is gone is no error.
 	Remove(ctx context.Context, id string) error
 }
 

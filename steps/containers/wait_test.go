@@ -28,12 +28,12 @@ func (s *script) poll(context.Context) ([]Container, error) {
 
 func (s *script) now() time.Time { return s.t }
 
-func run(t *testing.T, o Options, polls ...[]Container) (error, int) {
+func run(t *testing.T, o Options, polls ...[]Container) (int, error) {
 	t.Helper()
 	s := &script{polls: polls, t: time.Unix(1000, 0), step: time.Second}
 	o.Interval = time.Microsecond
 	err := Wait(context.Background(), s.poll, o, s.now)
-	return err, s.i
+	return s.i, err
 }
 
 func c(name, status, health string, restarts int) Container {
@@ -75,15 +75,15 @@ func TestWait(t *testing.T) {
 			polls: [][]Container{{{ID: "1", Name: "p-web-1", Service: "web", Status: "running"}}},
 			kind:  onfailure.Timeout, contains: "db has no container", maxPolls: 11},
 		{name: "every expected service ready",
-			opts:  Options{Window: 10 * time.Second, Settle: time.Second, Expect: []string{"web", "db"}},
-			polls: [][]Container{{{ID: "1", Name: "p-web-1", Service: "web", Status: "running"}, {ID: "2", Name: "p-db-1", Service: "db", Status: "running", Health: "healthy"}}},
+			opts:     Options{Window: 10 * time.Second, Settle: time.Second, Expect: []string{"web", "db"}},
+			polls:    [][]Container{{{ID: "1", Name: "p-web-1", Service: "web", Status: "running"}, {ID: "2", Name: "p-db-1", Service: "db", Status: "running", Health: "healthy"}}},
 			maxPolls: 3},
 		{name: "no containers at all is not ready", opts: Options{Window: 5 * time.Second},
 			polls: [][]Container{{}}, kind: onfailure.Timeout, contains: "no containers", maxPolls: 6},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			err, n := run(t, tc.opts, tc.polls...)
+			n, err := run(t, tc.opts, tc.polls...)
 			if got := onfailure.KindOf(err); got != tc.kind {
 				t.Fatalf("kind %q (%v), want %q", got, err, tc.kind)
 			}
