@@ -1,7 +1,9 @@
 // Package script runs script steps (spec 2) and the command and script
 // rollback actions (spec 6) as shell commands in their own process group,
-// and gives other step types (verify's command probe) the same way to run
-// a command through Exec.
+// and gives other step types the same way to run a command through Exec:
+// a shell command (verify's command probe), or a program with its
+// arguments, with no shell in between (Command.Argv: the compose step's
+// Compose CLI), optionally with stderr apart from stdout (Command.Stderr).
 //
 // # Running
 //

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -20,8 +21,15 @@ import (
 // DefaultGrace is how long a process group has between SIGTERM and SIGKILL.
 const DefaultGrace = 10 * time.Second
 
-// Command is a shell command run in its own process group.
+// Command is a command run in its own process group: a shell command
+// (Shell and Text), or a program and its arguments (Argv).
 type Command struct {
+	// Argv, when set, is the program and its arguments, run directly
+	// (the program is looked up in PATH if it has no slash); Shell and
+	// Text are then ignored. Other step types use it to run a tool of
+	// their own, such as the Compose CLI, with the same process-group
+	// handling as a script.
+	Argv []string
 	// Shell is the interpreter and its flags, split on spaces; empty means
 	// flow.DefaultShell. The text is its last argument.
 	Shell string
@@ -32,24 +40,33 @@ type Command struct {
 	Dir string
 	// Output receives stdout and stderr; nil discards them.
 	Output io.Writer
+	// Stderr, when set, receives stderr instead of Output, so that a
+	// caller can parse stdout on its own.
+	Stderr io.Writer
 	// Grace is the time between SIGTERM and SIGKILL of the group when the
 	// context ends; zero means DefaultGrace.
 	Grace time.Duration
 }
 
-// Exec runs c and waits for it. It returns the exit code of a process that
-// ran to its end (a signal-terminated process reports 128+signal), and a nil
-// error. When ctx ends first, the whole process group gets SIGTERM, then
-// SIGKILL after the grace period to the members still running, and Exec
-// returns context.Cause(ctx) wrapped. A command that cannot start (the shell
-// or the directory missing or not usable) returns an error classified by
-// its errno that names the path.
+// Exec runs c and waits for it: Argv when set, else Text with Shell. It
+// returns the exit code of a process that ran to its end (a
+// signal-terminated process reports 128+signal), and a nil error. When ctx
+// ends first, the whole process group gets SIGTERM, then SIGKILL after the
+// grace period to the members still running, and Exec returns
+// context.Cause(ctx) wrapped. A command that cannot start (the program,
+// the shell or the directory missing or not usable) returns an error
+// classified by its errno that names the path.
 func Exec(ctx context.Context, c Command) (int, error) {
-	argv := strings.Fields(c.Shell)
-	if len(argv) == 0 {
-		argv = strings.Fields(flow.DefaultShell)
+	var argv []string
+	if len(c.Argv) > 0 {
+		argv = slices.Clone(c.Argv)
+	} else {
+		argv = strings.Fields(c.Shell)
+		if len(argv) == 0 {
+			argv = strings.Fields(flow.DefaultShell)
+		}
+		argv = append(argv, c.Text)
 	}
-	argv = append(argv, c.Text)
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = append(os.Environ(), c.Env...)
 	cmd.Dir = c.Dir
@@ -58,6 +75,9 @@ func Exec(ctx context.Context, c Command) (int, error) {
 		out = io.Discard
 	}
 	cmd.Stdout, cmd.Stderr = out, out
+	if c.Stderr != nil {
+		cmd.Stderr = c.Stderr
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	grace := c.Grace
 	if grace <= 0 {
