@@ -164,6 +164,7 @@ func (r *Runner) Run(ctx context.Context, s *flow.Step, env *steps.Env) error {
 			PreviousImage: cur.Image,
 			Running:       cur.Status == "running" || cur.Status == "restarting",
 			Aside:         asideName(c.Name, env.Execution),
+			RestartPolicy: recordPolicy(cur.RestartPolicy),
 		}
 	}
 
@@ -202,6 +203,9 @@ func (r *Runner) Run(ctx context.Context, s *flow.Step, env *steps.Env) error {
 		return fmt.Errorf("%s: %w", op, err)
 	}
 	logf(env, "created container %s (%s) on image %s (%s)", c.Name, short(newID), c.Image, imageID)
+	if err := r.parkPrevious(ctx, env, u, newID); err != nil {
+		return fmt.Errorf("%s: %w", op, err)
+	}
 	if err := e.Start(ctx, newID); err != nil {
 		return fmt.Errorf("%s: %w", op, err)
 	}
@@ -211,6 +215,31 @@ func (r *Runner) Run(ctx context.Context, s *flow.Step, env *steps.Env) error {
 		return fmt.Errorf("%s: %w", op, err)
 	}
 	logf(env, "container %s is healthy on image %s", c.Name, c.Image)
+	return nil
+}
+
+// parkPrevious keeps the previous container from coming back while it is
+// aside: once its clone exists (Clone copied the restart policy from it),
+// it sets its restart policy to "no", or the daemon would start it again
+// when it restarts (a reboot later in the flow). Undo puts the recorded
+// policy back. On a later attempt an earlier one may already have set
+// "no", which Clone then copied: the clone gets the recorded policy
+// first. A policy that restarts nothing, or was not recorded (undo data
+// of an older agent), is left alone.
+func (r *Runner) parkPrevious(ctx context.Context, env *steps.Env, u *undoData, newID string) error {
+	if !u.RestartPolicy.parked() {
+		return nil
+	}
+	want := u.RestartPolicy.policy()
+	if env.Undo != nil {
+		if err := r.Engine.SetRestartPolicy(ctx, newID, want); err != nil {
+			return err
+		}
+	}
+	if err := r.Engine.SetRestartPolicy(ctx, u.PreviousID, noRestart); err != nil {
+		return err
+	}
+	logf(env, "previous container's restart policy set to no while it is aside (was %s)", want)
 	return nil
 }
 

@@ -4,8 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -148,6 +150,13 @@ func containersUnder(t *testing.T, prefix string) []string {
 	return out
 }
 
+// restartPolicy returns the restart policy of a container as the daemon
+// keeps it: "NAME MAXRETRIES".
+func restartPolicy(t *testing.T, nameOrID string) string {
+	t.Helper()
+	return dockertest.Docker(t, "inspect", "--format", "{{.HostConfig.RestartPolicy.Name}} {{.HostConfig.RestartPolicy.MaximumRetryCount}}", nameOrID)
+}
+
 func undoOf(t *testing.T, data []byte) map[string]any {
 	t.Helper()
 	var m map[string]any
@@ -160,8 +169,9 @@ func undoOf(t *testing.T, data []byte) map[string]any {
 // TestUpdateHealthy updates v1 to v2, both with health checks: the new
 // container serves v2 under the name with the user's settings kept
 // (environment, published port, label, restart policy), the previous one
-// waits stopped under the aside name, the undo data says so, and Finish
-// removes it (twice is fine).
+// waits stopped under the aside name with restart policy no, the undo data
+// says so (and records its policy, unless-stopped), and Finish removes it
+// (twice is fine).
 func TestUpdateHealthy(t *testing.T) {
 	t.Parallel()
 	r := runner(t)
@@ -200,9 +210,13 @@ func TestUpdateHealthy(t *testing.T) {
 		t.Fatalf("published port serves %q", body)
 	}
 
+	if got := restartPolicy(t, aside); got != "no 0" {
+		t.Fatalf("aside container has restart policy %q, want no", got)
+	}
+
 	u := undoOf(t, env.undo())
-	if u["version"] != 1.0 || u["name"] != name || u["previousId"] != prevID ||
-		u["previousImage"] != imageID(t, v1) || u["aside"] != aside || u["running"] != true {
+	if rp, _ := u["restartPolicy"].(map[string]any); u["version"] != 1.0 || u["name"] != name || u["previousId"] != prevID ||
+		u["previousImage"] != imageID(t, v1) || u["aside"] != aside || u["running"] != true || rp["name"] != "unless-stopped" {
 		t.Fatalf("undo data %v", u)
 	}
 	for _, want := range []string{"renamed to " + aside, "stopped", "healthy"} {
@@ -403,9 +417,12 @@ func TestMissingContainer(t *testing.T) {
 
 // TestRetryAfterRestart runs the step again with the journaled undo data
 // (a later attempt, or the same step after an agent restart) after a
-// failed first attempt left its clone (exited) under the name: the clone
-// is replaced, the previous container stays the recorded one, and Undo
-// still restores it.
+// failed first attempt left its clone (crash looping) under the name and
+// the previous container, created with restart policy always, aside with
+// policy no: the clone is replaced, the previous container stays the
+// recorded one, the new clone gets the recorded policy always (not the no
+// it was cloned with), and Undo still restores the previous container,
+// with policy always.
 func TestRetryAfterRestart(t *testing.T) {
 	t.Parallel()
 	r := runner(t)
@@ -413,12 +430,15 @@ func TestRetryAfterRestart(t *testing.T) {
 	p := dockertest.Prefix(t)
 	v1, bad, good := dockertest.Image(t, v1HC), dockertest.Image(t, v2Crash), dockertest.Image(t, v2HC)
 	name := p + "app"
-	prevID := dockertest.Run(t, name, v1)
+	prevID := dockertest.Run(t, name, v1, "--restart", "always")
 	env := newEnv(t)
 	if err := r.Run(ctx, step(name, bad), env.Env); onfailure.KindOf(err) != onfailure.Verification {
 		t.Fatalf("first attempt: %v", err)
 	}
 	badID := dockertest.Docker(t, "inspect", "--format", "{{.Id}}", name)
+	if got := restartPolicy(t, prevID); got != "no 0" {
+		t.Fatalf("after the first attempt the previous container has restart policy %q, want no", got)
+	}
 
 	next := env.retry(t)
 	s := step(name, good)
@@ -432,12 +452,130 @@ func TestRetryAfterRestart(t *testing.T) {
 	if _, err := r.Engine.Inspect(ctx, badID); !errors.Is(err, containers.ErrNotFound) {
 		t.Fatalf("the first attempt's clone is still there: %v", err)
 	}
+	if got := restartPolicy(t, name); got != "always 0" {
+		t.Fatalf("the second attempt's container has restart policy %q, want the recorded always", got)
+	}
+	if got := restartPolicy(t, prevID); got != "no 0" {
+		t.Fatalf("the previous container has restart policy %q, want no", got)
+	}
 	if err := r.Undo(ctx, s, next.Env, next.Undo); err != nil {
 		t.Fatal(err)
 	}
 	serves(t, name, v1, "v1")
 	if id := dockertest.Docker(t, "inspect", "--format", "{{.Id}}", name); id != prevID {
 		t.Fatalf("restored %s, want %s", id, prevID)
+	}
+	if got := restartPolicy(t, name); got != "always 0" {
+		t.Fatalf("restored container has restart policy %q, want always", got)
+	}
+}
+
+// TestRestartPolicyAside checks the previous container's restart policy:
+// created with always (or on-failure:3), it waits aside after a successful
+// Run with policy no, so that a daemon restart would not start it, while
+// the new container has the old policy and the undo data records it; Undo
+// brings it back under its name with its policy, twice is fine, and
+// Finish keeps it. A container with policy no is never updated.
+func TestRestartPolicyAside(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		flag, cli string
+		undo      map[string]any
+	}{
+		{"always", "always 0", map[string]any{"name": "always"}},
+		{"on-failure:3", "on-failure 3", map[string]any{"name": "on-failure", "maxRetries": 3.0}},
+		{"no", "no 0", map[string]any{"name": "no"}},
+	} {
+		t.Run(c.flag, func(t *testing.T) {
+			t.Parallel()
+			r := runner(t)
+			ctx := bg(t)
+			p := dockertest.Prefix(t)
+			v1, v2 := dockertest.Image(t, v1Plain), dockertest.Image(t, v2Plain)
+			name := p + "app"
+			prevID := dockertest.Run(t, name, v1, "--restart", c.flag)
+			env := newEnv(t)
+			s := step(name, v2)
+			if err := r.Run(ctx, s, env.Env); err != nil {
+				t.Fatalf("run: %v\nlog:\n%s", err, env.Log)
+			}
+			serves(t, name, v2, "v2")
+			aside := name + ".edgeflow-prev-0d3e5a7c"
+			if st := dockertest.Docker(t, "inspect", "--format", "{{.Id}} {{.State.Status}}", aside); st != prevID+" exited" {
+				t.Fatalf("aside container: %q, want the previous one, exited", st)
+			}
+			if got := restartPolicy(t, aside); got != "no 0" {
+				t.Fatalf("aside container has restart policy %q, want no", got)
+			}
+			if got := restartPolicy(t, name); got != c.cli {
+				t.Fatalf("new container has restart policy %q, want %q", got, c.cli)
+			}
+			if got := undoOf(t, env.undo())["restartPolicy"]; !reflect.DeepEqual(got, c.undo) {
+				t.Fatalf("journaled restart policy %v, want %v", got, c.undo)
+			}
+			parked := strings.Contains(env.Log.String(), "restart policy set to no")
+			if parked == (c.flag == "no") {
+				t.Errorf("log (policy %s):\n%s", c.flag, env.Log)
+			}
+
+			for range 2 {
+				if err := r.Undo(ctx, s, env.Env, env.undo()); err != nil {
+					t.Fatalf("undo: %v", err)
+				}
+			}
+			if id := dockertest.Docker(t, "inspect", "--format", "{{.Id}}", name); id != prevID {
+				t.Fatalf("%s is %s, want the previous container %s", name, id, prevID)
+			}
+			if got := restartPolicy(t, name); got != c.cli {
+				t.Fatalf("restored container has restart policy %q, want %q", got, c.cli)
+			}
+			serves(t, name, v1, "v1")
+			if err := r.Finish(ctx, s, env.Env, env.undo()); err != nil {
+				t.Fatal(err)
+			}
+			if got := containersUnder(t, p); !slices.Equal(got, []string{name}) {
+				t.Fatalf("containers %v, want only %s", got, name)
+			}
+		})
+	}
+}
+
+// TestUndoDataWithoutPolicy runs the step again from undo data as an agent
+// that did not record restart policies journaled it (no restartPolicy
+// field), before it changed anything: the policy is unknown, so Run
+// leaves the previous container's (always) alone, as that agent did, and
+// so does Undo, which still restores the container.
+func TestUndoDataWithoutPolicy(t *testing.T) {
+	t.Parallel()
+	r := runner(t)
+	ctx := bg(t)
+	p := dockertest.Prefix(t)
+	v1, v2 := dockertest.Image(t, v1Plain), dockertest.Image(t, v2Plain)
+	name := p + "app"
+	prevID := dockertest.Run(t, name, v1, "--restart", "always")
+	aside := name + ".edgeflow-prev-0d3e5a7c"
+	old := fmt.Sprintf(`{"version":1,"name":%q,"previousId":%q,"previousImage":%q,"running":true,"aside":%q}`,
+		name, prevID, imageID(t, v1), aside)
+	env := newEnv(t)
+	env.saved = [][]byte{[]byte(old)}
+	next := env.retry(t)
+	s := step(name, v2)
+	if err := r.Run(ctx, s, next.Env); err != nil {
+		t.Fatalf("run: %v\nlog:\n%s", err, next.Log)
+	}
+	serves(t, name, v2, "v2")
+	if got := restartPolicy(t, name); got != "always 0" {
+		t.Fatalf("new container has restart policy %q, want always", got)
+	}
+	if got := restartPolicy(t, aside); got != "always 0" {
+		t.Fatalf("aside container has restart policy %q, want always (left alone)", got)
+	}
+	if err := r.Undo(ctx, s, next.Env, next.Undo); err != nil {
+		t.Fatal(err)
+	}
+	serves(t, name, v1, "v1")
+	if got := restartPolicy(t, name); got != "always 0" {
+		t.Fatalf("restored container has restart policy %q, want always", got)
 	}
 }
 

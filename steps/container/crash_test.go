@@ -129,6 +129,13 @@ func (c *cutEngine) Remove(ctx context.Context, id string) error {
 	return c.Engine.Remove(ctx, id)
 }
 
+func (c *cutEngine) SetRestartPolicy(ctx context.Context, id string, policy containers.RestartPolicy) error {
+	if err := c.call(ctx, "SetRestartPolicy"); err != nil {
+		return err
+	}
+	return c.Engine.SetRestartPolicy(ctx, id, policy)
+}
+
 // countJournal makes env's SaveUndo one of the calls c counts and kills
 // at: the agent may die before or after it journals.
 func (c *cutEngine) countJournal(ctx context.Context, env *testEnv) {
@@ -154,10 +161,15 @@ func killAfter(t *testing.T, r *container.Runner, limit int) (*container.Runner,
 
 // TestCrashMatrix kills Run after each of its engine calls in turn (0, 1,
 // 2, ... up to a whole run; journaling the undo data counts as a call),
-// then runs Undo with a fresh context
-// as the agent would after its restart, and checks that the previous
-// container is back under its name, running its old image, serving its
-// old version, with no clone left; Finish then keeps it. A kill before the
+// then, as the agent would after its restart and with a fresh context,
+// either runs Undo ("undo" cases) or runs the step again from the
+// journaled undo data, lets it finish, and then runs Undo ("retry" cases;
+// a kill before the journal gives a fresh run). Either way the previous
+// container, created with restart policy always, must end up back under
+// its name, running its old image, serving its old version, with policy
+// always again and no clone left; Finish then keeps it. A retry must give
+// the new container policy always and leave the previous one aside with
+// policy no, whatever the earlier attempt had done. A kill before the
 // undo data was journaled must have left the container untouched.
 func TestCrashMatrix(t *testing.T) {
 	t.Parallel()
@@ -166,7 +178,7 @@ func TestCrashMatrix(t *testing.T) {
 
 	// One whole run, to count its engine calls.
 	p := dockertest.Prefix(t)
-	dockertest.Run(t, p+"app", v1)
+	dockertest.Run(t, p+"app", v1, "--restart", "always")
 	r, ce, ctx := killAfter(t, base, -1)
 	env := newEnv(t)
 	ce.countJournal(ctx, env)
@@ -175,6 +187,9 @@ func TestCrashMatrix(t *testing.T) {
 	}
 	total := len(ce.calls)
 	t.Logf("a whole run makes %d engine calls: %v", total, ce.calls)
+	if !slices.Contains(ce.calls, "SetRestartPolicy") {
+		t.Fatalf("a whole run never set the previous container's restart policy: %v", ce.calls)
+	}
 	dockertest.RemoveAll(t, p)
 
 	// The cases wait on the engine far more than they compute, so they run
@@ -182,24 +197,30 @@ func TestCrashMatrix(t *testing.T) {
 	sem := make(chan struct{}, 4)
 	var wg sync.WaitGroup
 	for n := 0; n <= total; n++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			sem <- struct{}{}
-			defer func() { <-sem }()
-			t.Run(fmt.Sprintf("kill-after-%d", n), func(t *testing.T) { killedRun(t, base, n, v1, v2) })
-		}()
+		for _, retry := range []bool{false, true} {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				sem <- struct{}{}
+				defer func() { <-sem }()
+				then := "undo"
+				if retry {
+					then = "retry"
+				}
+				t.Run(fmt.Sprintf("kill-after-%d/%s", n, then), func(t *testing.T) { killedRun(t, base, n, retry, v1, v2) })
+			}()
+		}
 	}
 	wg.Wait()
 }
 
 // killedRun is one case of TestCrashMatrix: Run killed after n calls
-// (journaling counts as one), then Undo and Finish. (TestUndoCrashChain
-// kills Undo itself.)
-func killedRun(t *testing.T, base *container.Runner, n int, v1, v2 string) {
+// (journaling counts as one), then, if retry, Run again to its end, then
+// Undo and Finish. (TestUndoCrashChain kills Undo itself.)
+func killedRun(t *testing.T, base *container.Runner, n int, retry bool, v1, v2 string) {
 	p := dockertest.Prefix(t)
 	name := p + "app"
-	prevID := dockertest.Run(t, name, v1, "-e", "USER_SETTING=kept")
+	prevID := dockertest.Run(t, name, v1, "-e", "USER_SETTING=kept", "--restart", "always")
 	env := newEnv(t)
 	s := step(name, v2)
 	r, ce, ctx := killAfter(t, base, n)
@@ -214,11 +235,32 @@ func killedRun(t *testing.T, base *container.Runner, n int, v1, v2 string) {
 	t.Logf("calls before the kill: %v (killed: %v)", ce.calls, ce.cut)
 
 	undo := env.undo()
-	if undo == nil {
-		if slices.Contains(ce.calls, "Rename") || slices.Contains(ce.calls, "Stop") {
-			t.Fatalf("the container was changed (%v) with no undo data journaled", ce.calls)
+	if undo == nil && (slices.Contains(ce.calls, "Rename") || slices.Contains(ce.calls, "Stop")) {
+		t.Fatalf("the container was changed (%v) with no undo data journaled", ce.calls)
+	}
+	if retry {
+		next := newEnv(t) // nothing journaled: the step runs afresh
+		if undo != nil {
+			next = env.retry(t)
 		}
-	} else {
+		if err := base.Run(bg(t), s, next.Env); err != nil {
+			t.Fatalf("retry: %v\nlog:\n%s", err, next.Log)
+		}
+		if undo == nil {
+			undo = next.undo()
+		}
+		serves(t, name, v2, "v2")
+		if got := restartPolicy(t, name); got != "always 0" {
+			t.Fatalf("after the retry the new container has restart policy %q, want always", got)
+		}
+		if got := restartPolicy(t, prevID); got != "no 0" {
+			t.Fatalf("after the retry the previous container has restart policy %q, want no", got)
+		}
+	}
+	if undo != nil {
+		if rp, _ := undoOf(t, undo)["restartPolicy"].(map[string]any); rp["name"] != "always" {
+			t.Fatalf("journaled restart policy %v, want always", undoOf(t, undo)["restartPolicy"])
+		}
 		if err := base.Undo(bg(t), s, env.Env, undo); err != nil {
 			t.Fatalf("undo: %v", err)
 		}
@@ -232,12 +274,16 @@ func killedRun(t *testing.T, base *container.Runner, n int, v1, v2 string) {
 	if id := dockertest.Docker(t, "inspect", "--format", "{{.Id}}", name); id != prevID {
 		t.Fatalf("%s is %s, want the previous container %s", name, id, prevID)
 	}
+	if got := restartPolicy(t, name); got != "always 0" {
+		t.Fatalf("restored container has restart policy %q, want always", got)
+	}
 	serves(t, name, v1, "v1")
 }
 
 // TestUndoCrashChain kills Undo after its first engine call, then a new
 // Undo after its second, and so on, each starting from what the last one
-// left, until one runs to its end: the previous container is then back.
+// left, until one runs to its end: the previous container is then back,
+// with its restart policy (on-failure:3).
 // The same for Finish after a successful run. This proves Undo and Finish
 // pick up from any point a kill leaves.
 func TestUndoCrashChain(t *testing.T) {
@@ -247,13 +293,16 @@ func TestUndoCrashChain(t *testing.T) {
 	p := dockertest.Prefix(t)
 	v1, v2 := dockertest.Image(t, v1Plain), dockertest.Image(t, v2Plain)
 	name := p + "app"
-	prevID := dockertest.Run(t, name, v1)
+	prevID := dockertest.Run(t, name, v1, "--restart", "on-failure:3")
 	env := newEnv(t)
 	s := step(name, v2)
 	if err := base.Run(ctx, s, env.Env); err != nil {
 		t.Fatal(err)
 	}
 	undo := env.undo()
+	if got := restartPolicy(t, prevID); got != "no 0" {
+		t.Fatalf("aside container has restart policy %q, want no", got)
+	}
 
 	for n := 1; ; n++ {
 		if n > 100 {
@@ -275,6 +324,9 @@ func TestUndoCrashChain(t *testing.T) {
 		t.Fatalf("%s is %s, want %s", name, id, prevID)
 	}
 	serves(t, name, v1, "v1")
+	if got := restartPolicy(t, name); got != "on-failure 3" {
+		t.Fatalf("restored container has restart policy %q, want on-failure 3", got)
+	}
 	if got := containersUnder(t, p); !slices.Equal(got, []string{name}) {
 		t.Fatalf("containers %v, want only %s", got, name)
 	}

@@ -30,7 +30,42 @@ type undoData struct {
 	Running bool `json:"running"`
 	// Aside is the name the previous container has while the flow runs.
 	Aside string `json:"aside"`
+	// RestartPolicy is the previous container's restart policy before
+	// the step. Absent (undo data of an agent that did not record it)
+	// means unknown: Run then leaves the previous container's policy as
+	// it is, and Undo does not set it.
+	RestartPolicy restartPolicy `json:"restartPolicy,omitzero"`
 }
+
+// restartPolicy is containers.RestartPolicy as the undo data records it;
+// the zero value is "not recorded" (a recorded policy always has a name,
+// "no" included).
+type restartPolicy struct {
+	Name       string `json:"name"`
+	MaxRetries int    `json:"maxRetries,omitempty"`
+}
+
+func recordPolicy(p containers.RestartPolicy) restartPolicy {
+	if p.IsNone() {
+		return restartPolicy{Name: "no"}
+	}
+	return restartPolicy{Name: p.Name, MaxRetries: p.MaxRetries}
+}
+
+// known reports whether the policy was recorded.
+func (p restartPolicy) known() bool { return p.Name != "" }
+
+func (p restartPolicy) policy() containers.RestartPolicy {
+	return containers.RestartPolicy{Name: p.Name, MaxRetries: p.MaxRetries}
+}
+
+// parked reports whether Run sets the previous container's policy to
+// "no" while it is aside, and so whether it must be put back: the policy
+// is known and restarts something.
+func (p restartPolicy) parked() bool { return p.known() && !p.policy().IsNone() }
+
+// noRestart is the policy of the previous container while it is aside.
+var noRestart = containers.RestartPolicy{Name: "no"}
 
 func (u *undoData) encode() ([]byte, error) {
 	b, err := json.Marshal(u)
@@ -57,8 +92,8 @@ func decodeUndo(data []byte) (*undoData, error) {
 
 // Undo is restartPreviousContainer: it removes whatever container holds
 // the name if it is not the previous one, gives the previous container
-// its name back, starts it if it was running, and waits for it to be
-// healthy. It is idempotent.
+// its name back and its recorded restart policy, starts it if it was
+// running, and waits for it to be healthy. It is idempotent.
 func (r *Runner) Undo(ctx context.Context, s *flow.Step, env *steps.Env, undo []byte) error {
 	c, err := spec(s)
 	if err != nil {
@@ -73,7 +108,8 @@ func (r *Runner) Undo(ctx context.Context, s *flow.Step, env *steps.Env, undo []
 	}
 	op := "restore previous container " + u.Name
 	e := r.Engine
-	if _, err := e.Inspect(ctx, u.PreviousID); err != nil {
+	prev, err := e.Inspect(ctx, u.PreviousID)
+	if err != nil {
 		if errors.Is(err, containers.ErrNotFound) {
 			return onfailure.Errorf(onfailure.Unknown, "%s: the previous container %s is gone; nothing to restore", op, short(u.PreviousID))
 		}
@@ -86,6 +122,12 @@ func (r *Runner) Undo(ctx context.Context, s *flow.Step, env *steps.Env, undo []
 		return fmt.Errorf("%s: %w", op, err)
 	}
 	logf(env, "previous container %s is %s again", short(u.PreviousID), u.Name)
+	if want := u.RestartPolicy; want.known() && recordPolicy(prev.RestartPolicy) != want {
+		if err := e.SetRestartPolicy(ctx, u.PreviousID, want.policy()); err != nil {
+			return fmt.Errorf("%s: %w", op, err)
+		}
+		logf(env, "restart policy %s restored", want.policy())
+	}
 	if !u.Running {
 		logf(env, "it was not running before the step; leaving it stopped")
 		return nil

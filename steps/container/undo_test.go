@@ -8,23 +8,44 @@ import (
 	"github.com/edgeflow/edgeflow/flow"
 	"github.com/edgeflow/edgeflow/onfailure"
 	"github.com/edgeflow/edgeflow/steps"
+	"github.com/edgeflow/edgeflow/steps/containers"
 )
 
 // TestUndoDataRoundTrip checks the journaled format: what encode writes,
-// decodeUndo reads back, with the field names of the package doc.
+// decodeUndo reads back, with the field names of the package doc; and
+// that data without restartPolicy (an older agent's) reads as a policy
+// not recorded, while a recorded "no" is kept.
 func TestUndoDataRoundTrip(t *testing.T) {
-	u := &undoData{Version: UndoVersion, Name: "api", PreviousID: "4f1c", PreviousImage: "sha256:9a0b", Running: true, Aside: "api.edgeflow-prev-0d3e5a7c"}
-	data, err := u.encode()
-	if err != nil {
-		t.Fatal(err)
+	base := undoData{Version: UndoVersion, Name: "api", PreviousID: "4f1c", PreviousImage: "sha256:9a0b", Running: true, Aside: "api.edgeflow-prev-0d3e5a7c"}
+	const head = `{"version":1,"name":"api","previousId":"4f1c","previousImage":"sha256:9a0b","running":true,"aside":"api.edgeflow-prev-0d3e5a7c"`
+	for _, c := range []struct {
+		policy restartPolicy
+		want   string
+	}{
+		{restartPolicy{Name: "on-failure", MaxRetries: 3}, head + `,"restartPolicy":{"name":"on-failure","maxRetries":3}}`},
+		{restartPolicy{Name: "always"}, head + `,"restartPolicy":{"name":"always"}}`},
+		{restartPolicy{Name: "no"}, head + `,"restartPolicy":{"name":"no"}}`},
+		{restartPolicy{}, head + `}`},
+	} {
+		u := base
+		u.RestartPolicy = c.policy
+		data, err := u.encode()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(data) != c.want {
+			t.Fatalf("encoded %s\nwant    %s", data, c.want)
+		}
+		back, err := decodeUndo(data)
+		if err != nil || *back != u {
+			t.Fatalf("decoded %+v, %v", back, err)
+		}
+		if back.RestartPolicy.known() != (c.policy.Name != "") || back.RestartPolicy.parked() != (c.policy.Name != "" && c.policy.Name != "no") {
+			t.Errorf("%s: known %v, parked %v", data, back.RestartPolicy.known(), back.RestartPolicy.parked())
+		}
 	}
-	want := `{"version":1,"name":"api","previousId":"4f1c","previousImage":"sha256:9a0b","running":true,"aside":"api.edgeflow-prev-0d3e5a7c"}`
-	if string(data) != want {
-		t.Fatalf("encoded %s\nwant    %s", data, want)
-	}
-	back, err := decodeUndo(data)
-	if err != nil || *back != *u {
-		t.Fatalf("decoded %+v, %v", back, err)
+	if p := recordPolicy(containers.RestartPolicy{}); p != (restartPolicy{Name: "no"}) {
+		t.Errorf("no policy records as %+v, want no", p)
 	}
 }
 

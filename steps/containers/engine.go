@@ -3,6 +3,7 @@ package containers
 import (
 	"context"
 	"errors"
+	"strconv"
 	"time"
 )
 
@@ -54,6 +55,38 @@ type Engine interface {
 	// Remove removes a container, killing it first if it runs, with its
 	// anonymous volumes; removing one that is gone is no error.
 	Remove(ctx context.Context, id string) error
+	// SetRestartPolicy sets a container's restart policy, running or not,
+	// as docker update --restart does: the daemon keeps it, and applies
+	// it from then on, also when the daemon itself restarts. A policy
+	// with Name "" is "no"; MaxRetries counts only for "on-failure".
+	// Setting the policy a container has is no error.
+	SetRestartPolicy(ctx context.Context, id string, policy RestartPolicy) error
+}
+
+// RestartPolicy is a container's restart policy (docker run --restart).
+type RestartPolicy struct {
+	// Name is "no", "always", "on-failure" or "unless-stopped".
+	Name string
+	// MaxRetries caps the restarts of "on-failure"; zero is no cap.
+	MaxRetries int
+}
+
+// IsNone reports whether the policy never restarts the container: "no",
+// or "" (no policy given).
+func (p RestartPolicy) IsNone() bool {
+	return p.Name == "" || p.Name == "no"
+}
+
+// String is the policy as docker run --restart takes it: "always",
+// "on-failure:3".
+func (p RestartPolicy) String() string {
+	switch {
+	case p.IsNone():
+		return "no"
+	case p.Name == "on-failure" && p.MaxRetries > 0:
+		return p.Name + ":" + strconv.Itoa(p.MaxRetries)
+	}
+	return p.Name
 }
 
 // Container is one container as the engine reports it.
@@ -78,6 +111,9 @@ type Container struct {
 	ExitCode     int
 	// StartedAt is when the container last started.
 	StartedAt time.Time
+	// RestartPolicy is the container's restart policy; Name is "no" when
+	// it has none.
+	RestartPolicy RestartPolicy
 }
 
 // label names the container in messages: its service, or its name.

@@ -75,6 +75,10 @@ func fromInspect(r container.InspectResponse) containers.Container {
 		Image:        r.Image,
 		RestartCount: r.RestartCount,
 	}
+	ct.RestartPolicy.Name = "no"
+	if h := r.HostConfig; h != nil && !h.RestartPolicy.IsNone() {
+		ct.RestartPolicy = containers.RestartPolicy{Name: string(h.RestartPolicy.Name), MaxRetries: h.RestartPolicy.MaximumRetryCount}
+	}
 	if r.Config != nil {
 		ct.ImageRef = r.Config.Image
 		ct.Service = r.Config.Labels[labelService]
@@ -134,4 +138,20 @@ func (c *Client) Remove(ctx context.Context, id string) error {
 		return nil
 	}
 	return wrap(ctx, "remove container "+id, err)
+}
+
+// SetRestartPolicy sets a container's restart policy with the engine's
+// update call, which the daemon persists and applies at once (and on its
+// own restart). Name "" is "no"; MaxRetries is sent only with
+// "on-failure", the one policy the daemon takes it with.
+func (c *Client) SetRestartPolicy(ctx context.Context, id string, p containers.RestartPolicy) error {
+	rp := container.RestartPolicy{Name: container.RestartPolicyMode(p.Name)}
+	switch {
+	case p.IsNone():
+		rp.Name = container.RestartPolicyDisabled
+	case rp.IsOnFailure():
+		rp.MaximumRetryCount = p.MaxRetries
+	}
+	_, err := c.api.ContainerUpdate(ctx, id, client.ContainerUpdateOptions{RestartPolicy: &rp})
+	return wrap(ctx, "set restart policy of container "+id+" to "+p.String(), err)
 }

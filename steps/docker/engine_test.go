@@ -114,6 +114,7 @@ func TestNotFound(t *testing.T) {
 	checkNotFound(t, "Rename", e.Rename(c, name, name+"2"), name)
 	_, err = e.Clone(c, name, name+"2", "edgeflow-test/nothing:none")
 	checkNotFound(t, "Clone", err, name)
+	checkNotFound(t, "SetRestartPolicy", e.SetRestartPolicy(c, name, containers.RestartPolicy{Name: "no"}), name)
 	if err := e.Remove(c, name); err != nil {
 		t.Errorf("Remove of a missing container: %v", err)
 	}
@@ -294,6 +295,74 @@ func TestLifecycleIdempotent(t *testing.T) {
 	if _, err := e.Inspect(c, id); !errors.Is(err, containers.ErrNotFound) {
 		t.Fatalf("after remove: %v", err)
 	}
+}
+
+// TestSetRestartPolicy checks that Inspect reads a container's restart
+// policy ("no" when it was given none) and SetRestartPolicy changes it, as
+// the daemon then reports it: on a stopped and on a running container,
+// twice in a row, "" as "no", a retry count only with on-failure; an
+// unknown policy is refused with a classified error naming the container.
+func TestSetRestartPolicy(t *testing.T) {
+	t.Parallel()
+	e := dockertest.Engine(t)
+	c := ctx(t)
+	p := dockertest.Prefix(t)
+	img := dockertest.Image(t, dockertest.Variant{Version: "v1"})
+	plain := dockertest.Docker(t, "create", "--name", p+"plain", img)
+	id := dockertest.Docker(t, "create", "--name", p+"always", "--restart", "always", img)
+
+	check := func(id string, want containers.RestartPolicy, cli string) {
+		t.Helper()
+		ct, err := e.Inspect(c, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ct.RestartPolicy != want {
+			t.Errorf("Inspect: restart policy %+v, want %+v", ct.RestartPolicy, want)
+		}
+		if got := dockertest.Docker(t, "inspect", "--format", "{{.HostConfig.RestartPolicy.Name}} {{.HostConfig.RestartPolicy.MaximumRetryCount}}", id); got != cli {
+			t.Errorf("docker inspect: restart policy %q, want %q", got, cli)
+		}
+	}
+	check(plain, containers.RestartPolicy{Name: "no"}, "no 0")
+	check(id, containers.RestartPolicy{Name: "always"}, "always 0")
+
+	for range 2 {
+		if err := e.SetRestartPolicy(c, id, containers.RestartPolicy{Name: "no"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	check(id, containers.RestartPolicy{Name: "no"}, "no 0")
+	if err := e.SetRestartPolicy(c, id, containers.RestartPolicy{Name: "on-failure", MaxRetries: 3}); err != nil {
+		t.Fatal(err)
+	}
+	check(id, containers.RestartPolicy{Name: "on-failure", MaxRetries: 3}, "on-failure 3")
+	if err := e.SetRestartPolicy(c, id, containers.RestartPolicy{MaxRetries: 5}); err != nil {
+		t.Fatal(err)
+	}
+	check(id, containers.RestartPolicy{Name: "no"}, "no 0")
+	if err := e.SetRestartPolicy(c, id, containers.RestartPolicy{Name: "unless-stopped", MaxRetries: 2}); err != nil {
+		t.Fatal(err)
+	}
+	check(id, containers.RestartPolicy{Name: "unless-stopped"}, "unless-stopped 0")
+
+	if err := e.Start(c, id); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.SetRestartPolicy(c, id, containers.RestartPolicy{Name: "always"}); err != nil {
+		t.Fatal(err)
+	}
+	check(id, containers.RestartPolicy{Name: "always"}, "always 0")
+	if ct, err := e.Inspect(c, id); err != nil || ct.Status != "running" {
+		t.Fatalf("after a policy change while running: %+v, %v", ct, err)
+	}
+
+	err := e.SetRestartPolicy(c, id, containers.RestartPolicy{Name: "sometimes"})
+	var oe *onfailure.Error
+	if err == nil || !errors.As(err, &oe) || !onfailure.KindOf(err).Valid() || !strings.Contains(err.Error(), id) {
+		t.Fatalf("unknown policy: %v, want a classified error naming the container", err)
+	}
+	check(id, containers.RestartPolicy{Name: "always"}, "always 0")
 }
 
 // TestClone checks that a clone on a new image keeps what the user set on
