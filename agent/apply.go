@@ -17,6 +17,10 @@ import (
 	"github.com/edgeflow/edgeflow/flow"
 	"github.com/edgeflow/edgeflow/journal"
 	"github.com/edgeflow/edgeflow/steps"
+	"github.com/edgeflow/edgeflow/steps/compose"
+	"github.com/edgeflow/edgeflow/steps/container"
+	"github.com/edgeflow/edgeflow/steps/containers"
+	"github.com/edgeflow/edgeflow/steps/docker"
 	"github.com/edgeflow/edgeflow/steps/file"
 	"github.com/edgeflow/edgeflow/steps/reboot"
 	"github.com/edgeflow/edgeflow/steps/script"
@@ -42,7 +46,13 @@ type Config struct {
 	// BootIDFile is where the kernel's boot id is read; empty means
 	// reboot.DefaultBootIDFile (tests point it elsewhere).
 	BootIDFile string
-	Logger     *slog.Logger
+	// ComposeDir is the root of the compose projects' directories; empty
+	// means compose.DefaultDir.
+	ComposeDir string
+	// ComposeCommand is the Compose CLI (such as ["docker-compose"]);
+	// empty means the one the device has, `docker compose` preferred.
+	ComposeCommand []string
+	Logger         *slog.Logger
 }
 
 // UsageError is bad input from the user: an invalid flow, a variable the
@@ -61,13 +71,16 @@ func IsUsage(err error) bool {
 	return errors.As(err, &ue)
 }
 
-// Runners returns the step types this agent supports.
-func Runners(c Config) map[string]steps.Runner {
+// Runners returns the step types this agent supports. The compose and
+// container steps reach the Docker engine through docker.
+func Runners(c Config, docker containers.Engine) map[string]steps.Runner {
 	return map[string]steps.Runner{
-		flow.TypeFile:   &file.Runner{AllowPaths: c.AllowPaths},
-		flow.TypeScript: &script.Runner{Grace: c.KillGrace},
-		flow.TypeVerify: &verify.Runner{Grace: c.KillGrace},
-		flow.TypeReboot: &reboot.Runner{Command: c.RebootCommand, BootIDFile: c.BootIDFile, Grace: c.KillGrace},
+		flow.TypeFile:      &file.Runner{AllowPaths: c.AllowPaths},
+		flow.TypeScript:    &script.Runner{Grace: c.KillGrace},
+		flow.TypeVerify:    &verify.Runner{Grace: c.KillGrace},
+		flow.TypeReboot:    &reboot.Runner{Command: c.RebootCommand, BootIDFile: c.BootIDFile, Grace: c.KillGrace},
+		flow.TypeCompose:   &compose.Runner{Engine: docker, Dir: c.ComposeDir, Command: c.ComposeCommand, Grace: c.KillGrace},
+		flow.TypeContainer: &container.Runner{Engine: docker, Grace: c.KillGrace},
 	}
 }
 
@@ -122,8 +135,7 @@ func Resume(ctx context.Context, cfg Config, observe func(engine.Event)) (*engin
 			return nil, fmt.Errorf("execution %s: agent settings: %w", rec.ID, err)
 		}
 	}
-	cfg.AllowPaths, cfg.KillGrace = saved.AllowPaths, saved.KillGrace
-	cfg.RebootCommand, cfg.BootIDFile = saved.RebootCommand, saved.BootIDFile
+	saved.apply(&cfg)
 	s, err := openSession(cfg, nil, observe)
 	if err != nil {
 		return nil, err
@@ -142,10 +154,23 @@ func Resume(ctx context.Context, cfg Config, observe func(engine.Event)) (*engin
 
 // settings are the agent settings journaled with an execution.
 type settings struct {
-	AllowPaths    []string      `json:"allowPaths,omitempty"`
-	KillGrace     time.Duration `json:"killGrace,omitempty"`
-	RebootCommand string        `json:"rebootCommand,omitempty"`
-	BootIDFile    string        `json:"bootIdFile,omitempty"`
+	AllowPaths     []string      `json:"allowPaths,omitempty"`
+	KillGrace      time.Duration `json:"killGrace,omitempty"`
+	RebootCommand  string        `json:"rebootCommand,omitempty"`
+	BootIDFile     string        `json:"bootIdFile,omitempty"`
+	ComposeDir     string        `json:"composeDir,omitempty"`
+	ComposeCommand []string      `json:"composeCommand,omitempty"`
+}
+
+func settingsOf(c Config) settings {
+	return settings{AllowPaths: c.AllowPaths, KillGrace: c.KillGrace, RebootCommand: c.RebootCommand,
+		BootIDFile: c.BootIDFile, ComposeDir: c.ComposeDir, ComposeCommand: c.ComposeCommand}
+}
+
+func (st settings) apply(c *Config) {
+	c.AllowPaths, c.KillGrace = st.AllowPaths, st.KillGrace
+	c.RebootCommand, c.BootIDFile = st.RebootCommand, st.BootIDFile
+	c.ComposeDir, c.ComposeCommand = st.ComposeDir, st.ComposeCommand
 }
 
 // unfinished reads the state dir's unfinished execution.
@@ -186,6 +211,9 @@ type session struct {
 	j   *journal.Journal
 	eng *engine.Engine
 	ctl *Control
+	// docker is the Docker engine client of the compose and container
+	// steps.
+	docker *docker.Client
 }
 
 func openSession(cfg Config, vars map[string]string, observe func(engine.Event)) (*session, error) {
@@ -198,9 +226,14 @@ func openSession(cfg Config, vars map[string]string, observe func(engine.Event))
 		return nil, err
 	}
 	s := &session{cfg: cfg, log: log, j: j}
-	agentData, err := json.Marshal(settings{AllowPaths: cfg.AllowPaths, KillGrace: cfg.KillGrace,
-		RebootCommand: cfg.RebootCommand, BootIDFile: cfg.BootIDFile})
+	agentData, err := json.Marshal(settingsOf(cfg))
 	if err != nil {
+		j.Close()
+		return nil, err
+	}
+	// The Docker client connects lazily: a device without Docker runs
+	// every other step, and a Docker step fails with Connectivity.
+	if s.docker, err = docker.New(); err != nil {
 		j.Close()
 		return nil, err
 	}
@@ -210,13 +243,14 @@ func openSession(cfg Config, vars map[string]string, observe func(engine.Event))
 		Labels:    cfg.Labels,
 		Vars:      vars,
 		StateDir:  cfg.StateDir,
-		Runners:   Runners(cfg),
+		Runners:   Runners(cfg, s.docker),
 		Commands:  &script.Runner{Grace: cfg.KillGrace},
 		Store:     journalStore(j),
 		Logger:    log,
 		Observe:   observe,
 	})
 	if s.ctl, err = ServeControl(cfg.StateDir, s.eng, log); err != nil {
+		s.docker.Close()
 		j.Close()
 		return nil, err
 	}
@@ -236,6 +270,9 @@ func (s *session) done(runErr error) {
 func (s *session) close() {
 	if err := s.ctl.Close(); err != nil {
 		s.log.Warn("close control socket", "error", err)
+	}
+	if err := s.docker.Close(); err != nil {
+		s.log.Warn("close docker client", "error", err)
 	}
 	if err := s.j.Close(); err != nil {
 		s.log.Error("close journal", "error", err)

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -16,6 +17,7 @@ import (
 	"github.com/edgeflow/edgeflow/engine"
 	"github.com/edgeflow/edgeflow/internal/cli"
 	"github.com/edgeflow/edgeflow/onfailure"
+	"github.com/edgeflow/edgeflow/steps/compose"
 	"github.com/edgeflow/edgeflow/steps/reboot"
 )
 
@@ -84,9 +86,23 @@ ran).`,
 	f.StringVar(&opts.RebootCommand, "reboot-command", reboot.DefaultCommand, "command that reboots the device (reboot steps)")
 	f.StringVar(&opts.BootIDFile, "boot-id-file", reboot.DefaultBootIDFile, "where the kernel's boot id is read (reboot steps)")
 	_ = f.MarkHidden("boot-id-file")
+	f.StringVar(&opts.ComposeDir, "compose-dir", compose.DefaultDir, "root of the compose projects' directories (compose steps)")
+	f.Var(commandValue{&opts.ComposeCommand}, "compose-command", `the Compose CLI, such as "docker-compose" (default: "docker compose" if present, else "docker-compose")`)
 	f.StringVar(&level, "log-level", "warn", "log level on stderr: debug, info, warn, error")
 	return cmd
 }
+
+// commandValue is a flag holding a command line split on spaces.
+type commandValue struct{ argv *[]string }
+
+func (c commandValue) String() string {
+	if c.argv == nil {
+		return ""
+	}
+	return strings.Join(*c.argv, " ")
+}
+func (c commandValue) Set(s string) error { *c.argv = strings.Fields(s); return nil }
+func (c commandValue) Type() string       { return "command" }
 
 // report prints a run's result and maps it to the exit status of spec 11.
 func report(stdout io.Writer, output string, res *engine.Result, err error) error {
