@@ -61,6 +61,12 @@
 // cause's: Timeout ("script timed out after 2m0s") for the script's own
 // timeout, the engine's cause for a mark-as-failed.
 //
+// When the agent itself dies (SIGKILL, the OOM killer), the kernel sends
+// the command it started SIGKILL (the parent-death signal), as a power cut
+// would: a step resumed after the restart never runs beside an orphan of
+// its earlier run. The command's own children are not reached by it; the
+// service manager's cgroup is (docs/operations.md).
+//
 // A script that exits while a process it started in the background still
 // runs leaves that process running (a script may start a service), but the
 // step does not wait for it: if it keeps the output open, the step stops

@@ -78,7 +78,10 @@ func Exec(ctx context.Context, c Command) (int, error) {
 	if c.Stderr != nil {
 		cmd.Stderr = c.Stderr
 	}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Pdeathsig: when the agent dies (SIGKILL, OOM), the kernel kills the
+	// command too, as a power cut would, so that a step resumed after the
+	// restart never runs beside an orphan of its earlier run.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	grace := c.Grace
 	if grace <= 0 {
 		grace = DefaultGrace

@@ -3,9 +3,14 @@ package script
 import (
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -93,4 +98,79 @@ func TestExecArgvStoppedWithGroup(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, "shell.pid")); err != nil {
 		t.Errorf("the command did not run in Dir: %v", err)
 	}
+}
+
+// TestExecDiesWithItsAgent: when the process running Exec is killed with
+// SIGKILL, the command it ran is killed too (the kernel's parent-death
+// signal), so no orphan outlives the agent. The test binary plays the
+// agent.
+func TestExecDiesWithItsAgent(t *testing.T) {
+	if os.Getenv("EDGEFLOW_EXEC_AGENT") == "1" {
+		_, _ = Exec(context.Background(), Command{Argv: []string{"sleep", "60"}})
+		return
+	}
+	agent := exec.Command(os.Args[0], "-test.run", "^TestExecDiesWithItsAgent$")
+	agent.Env = append(os.Environ(), "EDGEFLOW_EXEC_AGENT=1")
+	if err := agent.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// Find the sleep: the agent's child.
+	var child int
+	for end := time.Now().Add(10 * time.Second); child == 0; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(end) {
+			_ = agent.Process.Kill()
+			t.Fatal("the agent never started its command")
+		}
+		child = findChild(agent.Process.Pid)
+	}
+	if err := agent.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = agent.Wait()
+	for end := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if err := syscall.Kill(child, 0); errors.Is(err, syscall.ESRCH) {
+			return
+		}
+		if state, ok := procState(child); ok && state == 'Z' {
+			return // killed, waiting to be reaped by init
+		}
+		if time.Now().After(end) {
+			_ = syscall.Kill(child, syscall.SIGKILL)
+			t.Fatalf("the command (pid %d) outlived its agent", child)
+		}
+	}
+}
+
+// findChild returns a child of pid, found through /proc, or 0.
+func findChild(pid int) int {
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		p, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p))
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ...
+		rest := string(stat[bytes.LastIndexByte(stat, ')')+1:])
+		f := strings.Fields(rest)
+		if len(f) > 1 && f[1] == strconv.Itoa(pid) {
+			return p
+		}
+	}
+	return 0
+}
+
+func procState(pid int) (byte, bool) {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, false
+	}
+	rest := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
+	if len(rest) == 0 {
+		return 0, false
+	}
+	return rest[0][0], true
 }
