@@ -17,8 +17,6 @@ import (
 	"syscall"
 	"time"
 
-	securejoin "github.com/cyphar/filepath-securejoin"
-
 	"github.com/edgeflow/edgeflow/flow"
 	"github.com/edgeflow/edgeflow/onfailure"
 	"github.com/edgeflow/edgeflow/steps"
@@ -115,7 +113,7 @@ func (r *Runner) Run(ctx context.Context, s *flow.Step, env *steps.Env) error {
 	p := r.project(cli, c.Project)
 
 	// 2. The new file, staged and validated.
-	src, err := inRoot(env.Root, c.File)
+	src, err := file.InRoot(env.Root, c.File)
 	if err != nil {
 		return onfailure.Wrap("compose file "+c.File, err)
 	}
@@ -143,7 +141,7 @@ func (r *Runner) Run(ctx context.Context, s *flow.Step, env *steps.Env) error {
 	}
 	archives := make([]string, len(c.Images))
 	for i, a := range c.Images {
-		if archives[i], err = inRoot(env.Root, a); err != nil {
+		if archives[i], err = file.InRoot(env.Root, a); err != nil {
 			return onfailure.Wrap("image archive "+a, err)
 		}
 	}
@@ -410,7 +408,7 @@ func (r *Runner) remove(ctx context.Context, env *steps.Env, p project) error {
 		!errors.Is(err, syscall.ENOTEMPTY) && !errors.Is(err, syscall.EEXIST) {
 		return onfailure.Wrap("remove "+p.dir, err)
 	}
-	_ = syncDir(filepath.Dir(p.dir))
+	_ = file.SyncDir(filepath.Dir(p.dir))
 	logf(env, "removed %s", p.file)
 	return nil
 }
@@ -484,7 +482,7 @@ func install(p project, content []byte) error {
 		if err := os.Chmod(p.dir, DirMode); err != nil {
 			return onfailure.Wrap("create "+p.dir, err)
 		}
-		if err := syncDir(filepath.Dir(p.dir)); err != nil {
+		if err := file.SyncDir(filepath.Dir(p.dir)); err != nil {
 			return onfailure.Wrap("create "+p.dir, err)
 		}
 	case !errors.Is(err, fs.ErrExist):
@@ -494,30 +492,6 @@ func install(p project, content []byte) error {
 		return onfailure.Wrap("install "+p.file, err)
 	}
 	return nil
-}
-
-// inRoot resolves rel inside root (securejoin: neither ".." nor a symbolic
-// link leads out) and checks that it is a regular file.
-func inRoot(root, rel string) (string, error) {
-	if root == "" {
-		return "", errors.New("no flow directory to read it from")
-	}
-	absRoot, err := filepath.Abs(root)
-	if err != nil {
-		return "", err
-	}
-	p, err := securejoin.SecureJoin(absRoot, rel)
-	if err != nil {
-		return "", err
-	}
-	fi, err := os.Stat(p)
-	if err != nil {
-		return "", fmt.Errorf("not found in %s: %w", absRoot, err)
-	}
-	if !fi.Mode().IsRegular() {
-		return "", fmt.Errorf("%s is not a regular file (%s)", p, fi.Mode().Type())
-	}
-	return p, nil
 }
 
 // readFile reads a file of at most MaxFileSize bytes.
@@ -548,23 +522,6 @@ func readProjectFile(path string) ([]byte, error) {
 		return nil, fmt.Errorf("%s is not a regular file (%s)", path, fi.Mode().Type())
 	}
 	return readFile(path)
-}
-
-// syncDir fsyncs a directory, so that an entry created or removed in it
-// survives a power loss.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	if errors.Is(err, syscall.EINVAL) {
-		return nil
-	}
-	return err
 }
 
 func presence(existed bool) string {

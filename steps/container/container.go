@@ -4,17 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 	"time"
-
-	securejoin "github.com/cyphar/filepath-securejoin"
 
 	"github.com/edgeflow/edgeflow/flow"
 	"github.com/edgeflow/edgeflow/onfailure"
 	"github.com/edgeflow/edgeflow/steps"
 	"github.com/edgeflow/edgeflow/steps/containers"
+	"github.com/edgeflow/edgeflow/steps/file"
 )
 
 // DefaultGrace is how long a container gets to stop before it is killed,
@@ -49,7 +46,7 @@ func (r *Runner) Preflight(s *flow.Step, root string) error {
 		return err
 	}
 	if c.ImageArchive != "" {
-		if _, err := resolveArchive(root, c.ImageArchive); err != nil {
+		if _, err := file.InRoot(root, c.ImageArchive); err != nil {
 			return onfailure.Wrap(fmt.Sprintf("container %s: imageArchive %s", c.Name, c.ImageArchive), err)
 		}
 	}
@@ -65,31 +62,6 @@ func spec(s *flow.Step) (*flow.Container, error) {
 		return nil, onfailure.Errorf(onfailure.Unknown, "container step %q needs name and image", s.Name)
 	}
 	return c, nil
-}
-
-// resolveArchive returns archive resolved inside root, which it never
-// leaves (".." and symbolic links stop at root), and checks that it is a
-// regular file.
-func resolveArchive(root, archive string) (string, error) {
-	if root == "" {
-		return "", errors.New("no flow directory to read the archive from")
-	}
-	absRoot, err := filepath.Abs(root)
-	if err != nil {
-		return "", err
-	}
-	p, err := securejoin.SecureJoin(absRoot, archive)
-	if err != nil {
-		return "", err
-	}
-	fi, err := os.Stat(p)
-	if err != nil {
-		return "", fmt.Errorf("not found in %s: %w", absRoot, err)
-	}
-	if !fi.Mode().IsRegular() {
-		return "", fmt.Errorf("%s is not a regular file (%s)", p, fi.Mode().Type())
-	}
-	return p, nil
 }
 
 func (r *Runner) grace() time.Duration {
@@ -248,7 +220,7 @@ func (r *Runner) parkPrevious(ctx context.Context, env *steps.Env, u *undoData, 
 func (r *Runner) image(ctx context.Context, c *flow.Container, env *steps.Env) (string, error) {
 	e := r.Engine
 	if c.ImageArchive != "" {
-		path, err := resolveArchive(env.Root, c.ImageArchive)
+		path, err := file.InRoot(env.Root, c.ImageArchive)
 		if err != nil {
 			return "", onfailure.Wrap("imageArchive "+c.ImageArchive, err)
 		}

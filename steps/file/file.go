@@ -136,26 +136,38 @@ func check(e *flow.FileEntry, root string, roots []allowedRoot) (*target, proble
 	return t, probs
 }
 
-// resolveSrc returns src resolved inside root, which it never leaves (".."
-// and symbolic links stop at root), and checks that it is a regular file.
+// resolveSrc returns src resolved inside root with InRoot.
 func resolveSrc(root, src string) (string, error) {
+	p, err := InRoot(root, src)
+	if err != nil {
+		return "", fmt.Errorf("src %w", err)
+	}
+	return p, nil
+}
+
+// InRoot returns rel resolved inside root, the flow's directory or bundle
+// root, which it never leaves ("..", absolute paths and symbolic links
+// stop at root: "../../etc/passwd" is root/etc/passwd), and checks that it
+// is a regular file. Every step type that reads a file of the flow (a
+// file's src, a compose file, an image archive) resolves it so.
+func InRoot(root, rel string) (string, error) {
 	if root == "" {
-		return "", errors.New("no flow directory to read src from")
+		return "", errors.New("cannot be read: no flow directory")
 	}
 	absRoot, err := filepath.Abs(root)
 	if err != nil {
 		return "", err
 	}
-	p, err := securejoin.SecureJoin(absRoot, src)
+	p, err := securejoin.SecureJoin(absRoot, rel)
 	if err != nil {
 		return "", err
 	}
 	fi, err := os.Stat(p)
 	if err != nil {
-		return "", fmt.Errorf("src not found in %s: %w", absRoot, err)
+		return "", fmt.Errorf("not found in %s: %w", absRoot, err)
 	}
 	if !fi.Mode().IsRegular() {
-		return "", fmt.Errorf("src %s is not a regular file (%s)", p, fi.Mode().Type())
+		return "", fmt.Errorf("%s is not a regular file (%s)", p, fi.Mode().Type())
 	}
 	return p, nil
 }
@@ -347,7 +359,7 @@ func backup(ctx context.Context, path, workDir, name string) error {
 	if err := os.MkdirAll(filepath.Dir(dst), 0o700); err != nil {
 		return err
 	}
-	if err := syncDir(workDir); err != nil {
+	if err := SyncDir(workDir); err != nil {
 		return err
 	}
 	f, _, err := openRegular(path)
@@ -413,7 +425,7 @@ func makeDirs(dirs []string) error {
 		if err := os.Chmod(d, DirMode); err != nil {
 			return err
 		}
-		if err := syncDir(filepath.Dir(d)); err != nil {
+		if err := SyncDir(filepath.Dir(d)); err != nil {
 			return err
 		}
 	}
@@ -448,7 +460,7 @@ func (r *Runner) Undo(ctx context.Context, s *flow.Step, env *steps.Env, undo []
 		switch {
 		case err == nil:
 			logf(env, "removed directory %s", d)
-			if err := syncDir(filepath.Dir(d)); err != nil && !securejoin.IsNotExist(err) {
+			if err := SyncDir(filepath.Dir(d)); err != nil && !securejoin.IsNotExist(err) {
 				probs = append(probs, onfailure.Wrap("revert files: directory "+d, err))
 			}
 		case securejoin.IsNotExist(err), errors.Is(err, syscall.ENOTEMPTY), errors.Is(err, syscall.EEXIST):
@@ -485,7 +497,7 @@ func restore(ctx context.Context, env *steps.Env, f fileRecord) error {
 		if err := os.Remove(f.Path); err != nil && !securejoin.IsNotExist(err) {
 			return onfailure.Wrap(op, err)
 		}
-		if err := syncDir(dir); err != nil {
+		if err := SyncDir(dir); err != nil {
 			return onfailure.Wrap(op, err)
 		}
 		logf(env, "removed %s", f.Path)

@@ -78,13 +78,13 @@ func writeAtomic(path string, src io.Reader, a attrs, check func(sum []byte) err
 		return err
 	}
 	renamed = true
-	return syncDir(dir)
+	return SyncDir(dir)
 }
 
-// syncDir fsyncs a directory so that entries created, renamed or removed in
+// SyncDir fsyncs a directory so that entries created, renamed or removed in
 // it survive a power loss. File systems that cannot sync a directory
 // (EINVAL) are taken as having nothing to sync.
-func syncDir(dir string) error {
+func SyncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
 		return err
