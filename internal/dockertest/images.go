@@ -33,7 +33,8 @@ type Variant struct {
 	// Mode is healthy, unhealthy or crash; empty is healthy.
 	Mode string
 	// HealthCheck adds a HEALTHCHECK running "/app -check" every second
-	// (timeout 2s, 2 retries, start period 1s).
+	// (timeout 5s, so that a loaded CI machine does not fail it, 3 retries,
+	// start period 1s).
 	HealthCheck bool
 }
 
@@ -58,7 +59,7 @@ func (v Variant) dockerfile(extra ...string) (string, error) {
 		fmt.Sprintf("ENV VERSION=%q MODE=%q", v.Version, mode),
 	}
 	if v.HealthCheck {
-		lines = append(lines, `HEALTHCHECK --interval=1s --timeout=2s --retries=2 --start-period=1s CMD ["/app","-check"]`)
+		lines = append(lines, `HEALTHCHECK --interval=1s --timeout=5s --retries=3 --start-period=1s CMD ["/app","-check"]`)
 	}
 	lines = append(lines, extra...)
 	return strings.Join(lines, "\n") + "\n", nil

@@ -44,7 +44,7 @@ func main() {
 
 // probe is the health check: 0 when url answers 200, else 1.
 func probe(url string) int {
-	c := &http.Client{Timeout: 2 * time.Second}
+	c := &http.Client{Timeout: 4 * time.Second}
 	resp, err := c.Get(url)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "check:", err)
