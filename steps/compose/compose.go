@@ -73,6 +73,29 @@ var (
 	_ steps.Undoer = (*Runner)(nil)
 )
 
+// Preflight checks a compose step before the flow starts, changing
+// nothing: its file and every image archive are regular files inside
+// root. Run checks them again, and validates the file with the CLI.
+func (r *Runner) Preflight(s *flow.Step, root string) error {
+	c := s.Compose
+	if c == nil {
+		return onfailure.Errorf(onfailure.Unknown, "step %q is not a compose step", s.Name)
+	}
+	var probs []string
+	if _, err := file.InRoot(root, c.File); err != nil {
+		probs = append(probs, fmt.Sprintf("compose file %s: %v", c.File, err))
+	}
+	for _, a := range c.Images {
+		if _, err := file.InRoot(root, a); err != nil {
+			probs = append(probs, fmt.Sprintf("image archive %s: %v", a, err))
+		}
+	}
+	if len(probs) > 0 {
+		return onfailure.Errorf(onfailure.Unknown, "%s", strings.Join(probs, "; "))
+	}
+	return nil
+}
+
 // project returns the project of name, with its file in its project
 // directory under r.Dir.
 func (r *Runner) project(cli []string, name string) project {
