@@ -4,7 +4,7 @@ BIN         ?= bin
 STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 LDFLAGS     ?= -s -w -X main.version=$(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: all build test services check fmt vet lint unit fuzz bench demo size clean
+.PHONY: all build test services check fmt vet lint unit docker-api-min fuzz bench demo size clean
 
 all: build
 
@@ -14,7 +14,7 @@ build:
 
 # test: the services the tests need (Docker engine, Compose CLIs), formatting,
 # vet, staticcheck, then every test with the race detector.
-test: services check unit
+test: services check unit docker-api-min
 
 services:
 	./scripts/services.sh
@@ -33,6 +33,11 @@ lint:
 
 unit:
 	$(GO) test -race -count=1 -timeout 20m ./...
+
+# docker-api-min: the Docker package's tests again with the API pinned to
+# 1.40, the oldest engine API edgeflow supports (Docker 19.03).
+docker-api-min:
+	DOCKER_API_VERSION=1.40 $(GO) test -count=1 -timeout 10m ./steps/docker
 
 # fuzz: a short run of every fuzz target (FUZZTIME=1m for longer).
 FUZZTIME ?= 20s
