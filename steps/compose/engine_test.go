@@ -32,8 +32,8 @@ var testHealth = containers.Options{Interval: 200 * time.Millisecond, Settle: 50
 var variants = sync.OnceValue(func() []CLI { return Variants(context.Background()) })
 
 // forEachCLI runs f as a parallel subtest once per Compose CLI present,
-// after checking that the engine answers.
-func forEachCLI(t *testing.T, f func(t *testing.T, cli CLI)) {
+// with a new rig for that CLI, after checking that the engine answers.
+func forEachCLI(t *testing.T, f func(t *testing.T, g *rig)) {
 	t.Helper()
 	dockertest.Engine(t)
 	vs := variants()
@@ -43,7 +43,7 @@ func forEachCLI(t *testing.T, f func(t *testing.T, cli CLI)) {
 	for _, v := range vs {
 		t.Run(v.Name, func(t *testing.T) {
 			t.Parallel()
-			f(t, v)
+			f(t, newRig(t, v))
 		})
 	}
 }
@@ -234,6 +234,18 @@ func (g *rig) runsOnly(id string) {
 	}
 }
 
+// assertRestored wants v1 back, as it is after an Undo (when says which):
+// GET / answers v1, the project runs one container, of image v1ID, and its
+// file is v1File.
+func (g *rig) assertRestored(v1ID, v1File, when string) {
+	g.t.Helper()
+	g.serves("v1")
+	g.runsOnly(v1ID)
+	if got := g.projectFile(); got != v1File {
+		g.t.Errorf("project file %s:\n%s\nwant:\n%s", when, got, v1File)
+	}
+}
+
 func decodeSaved(t *testing.T, data []byte) *undoData {
 	t.Helper()
 	u, err := decodeUndo(data)
@@ -271,8 +283,7 @@ func (g *rig) mutableTag(v1, v2, archive string) string {
 //     puts the v1 file back and serves v1 again.
 func TestUpdateThenUndo(t *testing.T) {
 	t.Parallel()
-	forEachCLI(t, func(t *testing.T, cli CLI) {
-		g := newRig(t, cli)
+	forEachCLI(t, func(t *testing.T, g *rig) {
 		v1, v2 := dockertest.Image(t, v1Variant), dockertest.Image(t, v2Variant)
 		v1ID, v2ID := dockertest.ImageID(t, v1), dockertest.ImageID(t, v2)
 		ref := g.mutableTag(v1, v2, "v2.tar")
@@ -337,11 +348,7 @@ func TestUpdateThenUndo(t *testing.T) {
 		if id := dockertest.ImageID(t, ref); id != v1ID {
 			t.Errorf("after Undo %s is %s, want v1 %s", ref, id, v1ID)
 		}
-		g.serves("v1")
-		g.runsOnly(v1ID)
-		if got := g.projectFile(); got != v1File {
-			t.Errorf("project file after Undo:\n%s\nwant:\n%s", got, v1File)
-		}
+		g.assertRestored(v1ID, v1File, "after Undo")
 	})
 }
 
@@ -351,8 +358,7 @@ func TestUpdateThenUndo(t *testing.T) {
 // the update's archive moves the tag, so Undo tags it back.
 func TestDownProjectUndoRetags(t *testing.T) {
 	t.Parallel()
-	forEachCLI(t, func(t *testing.T, cli CLI) {
-		g := newRig(t, cli)
+	forEachCLI(t, func(t *testing.T, g *rig) {
 		v1, v2 := dockertest.Image(t, v1Variant), dockertest.Image(t, v2Variant)
 		v1ID := dockertest.ImageID(t, v1)
 		ref := g.mutableTag(v1, v2, "v2.tar")
@@ -378,11 +384,7 @@ func TestDownProjectUndoRetags(t *testing.T) {
 		if err := g.r.Undo(context.Background(), g.step("v2.yml", 0), env.Env, env.saved()); err != nil {
 			t.Fatalf("Undo: %v\n%s", err, env.Log)
 		}
-		g.serves("v1")
-		g.runsOnly(v1ID)
-		if got := g.projectFile(); got != v1File {
-			t.Errorf("project file after Undo:\n%s\nwant:\n%s", got, v1File)
-		}
+		g.assertRestored(v1ID, v1File, "after Undo")
 	})
 }
 
@@ -392,8 +394,7 @@ func TestDownProjectUndoRetags(t *testing.T) {
 // second Undo (a rerun after a crash) finds nothing left to do.
 func TestUnhealthyRetryThenUndo(t *testing.T) {
 	t.Parallel()
-	forEachCLI(t, func(t *testing.T, cli CLI) {
-		g := newRig(t, cli)
+	forEachCLI(t, func(t *testing.T, g *rig) {
 		v1, bad := dockertest.Image(t, v1Variant), dockertest.Image(t, unhealthyVariant)
 		v1File := g.compose(v1, "1")
 		g.install("v1.yml", v1File)
@@ -419,11 +420,7 @@ func TestUnhealthyRetryThenUndo(t *testing.T) {
 			if err := g.r.Undo(context.Background(), g.step("v2.yml", time.Minute), env.Env, first); err != nil {
 				t.Fatalf("Undo %d: %v\n%s", i+1, err, env.Log)
 			}
-			g.serves("v1")
-			g.runsOnly(dockertest.ImageID(t, v1))
-			if got := g.projectFile(); got != v1File {
-				t.Errorf("project file after Undo %d:\n%s\nwant:\n%s", i+1, got, v1File)
-			}
+			g.assertRestored(dockertest.ImageID(t, v1), v1File, fmt.Sprintf("after Undo %d", i+1))
 		}
 	})
 }
@@ -433,8 +430,7 @@ func TestUnhealthyRetryThenUndo(t *testing.T) {
 // restarting container.
 func TestCrashLoop(t *testing.T) {
 	t.Parallel()
-	forEachCLI(t, func(t *testing.T, cli CLI) {
-		g := newRig(t, cli)
+	forEachCLI(t, func(t *testing.T, g *rig) {
 		v1, crash := dockertest.Image(t, v1Variant), dockertest.Image(t, crashVariant)
 		g.install("v1.yml", g.compose(v1, "1"))
 
@@ -456,8 +452,7 @@ func TestCrashLoop(t *testing.T) {
 // undone: its containers are removed through the engine.
 func TestFreshInstallUndo(t *testing.T) {
 	t.Parallel()
-	forEachCLI(t, func(t *testing.T, cli CLI) {
-		g := newRig(t, cli)
+	forEachCLI(t, func(t *testing.T, g *rig) {
 		g.write("v1.yml", g.compose(dockertest.Image(t, v1Variant), "1"))
 		p := g.r.project(nil, g.project)
 		for _, fileLost := range []bool{false, true} {
@@ -582,8 +577,7 @@ func upWrapper(t *testing.T, cli CLI, mark string) []string {
 // starting from v1.
 func TestCrashMatrix(t *testing.T) {
 	t.Parallel()
-	forEachCLI(t, func(t *testing.T, cli CLI) {
-		g := newRig(t, cli)
+	forEachCLI(t, func(t *testing.T, g *rig) {
 		v1, v2 := dockertest.Image(t, v1Variant), dockertest.Image(t, v2Variant)
 		m := &matrix{
 			v1ID: dockertest.ImageID(t, v1),
@@ -626,7 +620,7 @@ func TestCrashMatrix(t *testing.T) {
 			t.Run(name, func(t *testing.T) {
 				mark := filepath.Join(t.TempDir(), "up-started")
 				m.cut(t, g, func(r *Runner, cancel context.CancelCauseFunc) func(context.Context) {
-					r.Command = upWrapper(t, cli, mark)
+					r.Command = upWrapper(t, g.cli, mark)
 					return func(ctx context.Context) { watchUp(ctx, t, g, mark, m.v2ID, v2Running, cancel) }
 				}, false)
 			})

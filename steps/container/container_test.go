@@ -157,6 +157,115 @@ func restartPolicy(t *testing.T, nameOrID string) string {
 	return dockertest.Docker(t, "inspect", "--format", "{{.HostConfig.RestartPolicy.Name}} {{.HostConfig.RestartPolicy.MaximumRetryCount}}", nameOrID)
 }
 
+// fixture is one test's update of a container on the real engine: the
+// container called name, which the test started on image v1, and the step
+// s that updates it to image v2, run by r in env.
+type fixture struct {
+	r      *container.Runner
+	ctx    context.Context
+	p      string // the test's name prefix
+	name   string // p + "app"
+	prevID string // the container the test started under name
+	v1, v2 string
+	env    *testEnv
+	s      *flow.Step
+}
+
+// newFixture starts the container on the image of from, with docker run
+// flags, for a step that updates it to the image of to.
+func newFixture(t *testing.T, from, to dockertest.Variant, flags ...string) *fixture {
+	t.Helper()
+	r := runner(t)
+	return runApp(t, r, dockertest.Image(t, from), dockertest.Image(t, to), flags...)
+}
+
+// runApp is newFixture with the runner and the images given.
+func runApp(t *testing.T, r *container.Runner, v1, v2 string, flags ...string) *fixture {
+	t.Helper()
+	p := dockertest.Prefix(t)
+	f := &fixture{r: r, ctx: bg(t), p: p, name: p + "app", v1: v1, v2: v2}
+	f.prevID = dockertest.Run(t, f.name, v1, flags...)
+	f.env = newEnv(t)
+	f.s = step(f.name, v2)
+	return f
+}
+
+// update runs the step and wants it to succeed: the container under the
+// name serves v2, and the previous one waits, exited, under the aside
+// name, which update returns.
+func (f *fixture) update(t *testing.T) string {
+	t.Helper()
+	if err := f.r.Run(f.ctx, f.s, f.env.Env); err != nil {
+		t.Fatalf("run: %v\nlog:\n%s", err, f.env.Log)
+	}
+	serves(t, f.name, f.v2, "v2")
+	aside := f.name + ".edgeflow-prev-0d3e5a7c"
+	if st := dockertest.Docker(t, "inspect", "--format", "{{.Id}} {{.State.Status}}", aside); st != f.prevID+" exited" {
+		t.Fatalf("aside container: %q, want the previous one, exited", st)
+	}
+	return aside
+}
+
+// runFails runs the step and wants it to fail with Verification, the error
+// saying each of words.
+func (f *fixture) runFails(t *testing.T, words ...string) {
+	t.Helper()
+	err := f.r.Run(f.ctx, f.s, f.env.Env)
+	if k := onfailure.KindOf(err); k != onfailure.Verification {
+		t.Fatalf("run: kind %s, want Verification: %v", k, err)
+	}
+	for _, w := range words {
+		if !strings.Contains(err.Error(), w) {
+			t.Fatalf("run error %q does not say %q", err, w)
+		}
+	}
+}
+
+// undo runs Undo with the undo data journaled last and wants it to succeed.
+func (f *fixture) undo(t *testing.T) {
+	t.Helper()
+	if err := f.r.Undo(f.ctx, f.s, f.env.Env, f.env.undo()); err != nil {
+		t.Fatalf("undo: %v", err)
+	}
+}
+
+// finish runs Finish with the undo data journaled last and wants it to
+// succeed.
+func (f *fixture) finish(t *testing.T) {
+	t.Helper()
+	if err := f.r.Finish(f.ctx, f.s, f.env.Env, f.env.undo()); err != nil {
+		t.Fatalf("finish: %v", err)
+	}
+}
+
+// assertRestored checks that the previous container is back under the
+// name, serving v1.
+func (f *fixture) assertRestored(t *testing.T) {
+	t.Helper()
+	if id := dockertest.Docker(t, "inspect", "--format", "{{.Id}}", f.name); id != f.prevID {
+		t.Fatalf("%s is %s, want the previous container %s", f.name, id, f.prevID)
+	}
+	serves(t, f.name, f.v1, "v1")
+}
+
+// assertOnly checks that the container under the name is the only one
+// under the test's prefix.
+func (f *fixture) assertOnly(t *testing.T) {
+	t.Helper()
+	if got := containersUnder(t, f.p); !slices.Equal(got, []string{f.name}) {
+		t.Fatalf("containers %v, want only %s", got, f.name)
+	}
+}
+
+// wantPolicy checks that container nameOrID, called what in the failure,
+// has restart policy want, as restartPolicy gives it.
+func wantPolicy(t *testing.T, what, nameOrID, want string) {
+	t.Helper()
+	if got := restartPolicy(t, nameOrID); got != want {
+		t.Fatalf("%s has restart policy %q, want %q", what, got, want)
+	}
+}
+
 func undoOf(t *testing.T, data []byte) map[string]any {
 	t.Helper()
 	var m map[string]any
@@ -174,35 +283,20 @@ func undoOf(t *testing.T, data []byte) map[string]any {
 // (twice is fine).
 func TestUpdateHealthy(t *testing.T) {
 	t.Parallel()
-	r := runner(t)
-	ctx := bg(t)
-	p := dockertest.Prefix(t)
-	v1, v2 := dockertest.Image(t, v1HC), dockertest.Image(t, v2HC)
-	name := p + "app"
-	prevID := dockertest.Run(t, name, v1, "-e", "USER_SETTING=kept", "-p", "127.0.0.1::8080",
+	f := newFixture(t, v1HC, v2HC, "-e", "USER_SETTING=kept", "-p", "127.0.0.1::8080",
 		"--label", "user.label=kept", "--restart", "unless-stopped")
-	env := newEnv(t)
-	s := step(name, v2)
-
-	if err := r.Run(ctx, s, env.Env); err != nil {
-		t.Fatalf("run: %v\nlog:\n%s", err, env.Log)
-	}
-	serves(t, name, v2, "v2")
-	aside := name + ".edgeflow-prev-0d3e5a7c"
-	if got := containersUnder(t, p); !slices.Equal(got, []string{name, aside}) {
-		t.Fatalf("containers %v, want %s and %s", got, name, aside)
-	}
-	if st := dockertest.Docker(t, "inspect", "--format", "{{.Id}} {{.State.Status}}", aside); st != prevID+" exited" {
-		t.Fatalf("aside container: %q, want the previous one, exited", st)
+	aside := f.update(t)
+	if got := containersUnder(t, f.p); !slices.Equal(got, []string{f.name, aside}) {
+		t.Fatalf("containers %v, want %s and %s", got, f.name, aside)
 	}
 
 	got := dockertest.Docker(t, "inspect", "--format",
-		`{{range .Config.Env}}{{.}} {{end}}|{{index .Config.Labels "user.label"}}|{{.HostConfig.RestartPolicy.Name}}`, name)
+		`{{range .Config.Env}}{{.}} {{end}}|{{index .Config.Labels "user.label"}}|{{.HostConfig.RestartPolicy.Name}}`, f.name)
 	parts := strings.Split(got, "|")
 	if !slices.Contains(strings.Fields(parts[0]), "USER_SETTING=kept") || parts[1] != "kept" || parts[2] != "unless-stopped" {
 		t.Fatalf("user settings lost: %q", got)
 	}
-	hostPort := dockertest.Docker(t, "port", name, "8080/tcp")
+	hostPort := dockertest.Docker(t, "port", f.name, "8080/tcp")
 	if !strings.HasPrefix(hostPort, "127.0.0.1:") {
 		t.Fatalf("published port: %q", hostPort)
 	}
@@ -210,30 +304,24 @@ func TestUpdateHealthy(t *testing.T) {
 		t.Fatalf("published port serves %q", body)
 	}
 
-	if got := restartPolicy(t, aside); got != "no 0" {
-		t.Fatalf("aside container has restart policy %q, want no", got)
-	}
+	wantPolicy(t, "aside container", aside, "no 0")
 
-	u := undoOf(t, env.undo())
-	if rp, _ := u["restartPolicy"].(map[string]any); u["version"] != 1.0 || u["name"] != name || u["previousId"] != prevID ||
-		u["previousImage"] != imageID(t, v1) || u["aside"] != aside || u["running"] != true || rp["name"] != "unless-stopped" {
+	u := undoOf(t, f.env.undo())
+	if rp, _ := u["restartPolicy"].(map[string]any); u["version"] != 1.0 || u["name"] != f.name || u["previousId"] != f.prevID ||
+		u["previousImage"] != imageID(t, f.v1) || u["aside"] != aside || u["running"] != true || rp["name"] != "unless-stopped" {
 		t.Fatalf("undo data %v", u)
 	}
 	for _, want := range []string{"renamed to " + aside, "stopped", "healthy"} {
-		if !strings.Contains(env.Log.String(), want) {
-			t.Errorf("log lacks %q:\n%s", want, env.Log)
+		if !strings.Contains(f.env.Log.String(), want) {
+			t.Errorf("log lacks %q:\n%s", want, f.env.Log)
 		}
 	}
 
 	for range 2 {
-		if err := r.Finish(ctx, s, env.Env, env.undo()); err != nil {
-			t.Fatalf("finish: %v", err)
-		}
+		f.finish(t)
 	}
-	if got := containersUnder(t, p); !slices.Equal(got, []string{name}) {
-		t.Fatalf("after finish: containers %v, want only %s", got, name)
-	}
-	serves(t, name, v2, "v2")
+	f.assertOnly(t)
+	serves(t, f.name, f.v2, "v2")
 }
 
 // TestUnhealthyFailsThenUndo updates to an image whose health check fails:
@@ -242,39 +330,16 @@ func TestUpdateHealthy(t *testing.T) {
 // Finish then keeps it.
 func TestUnhealthyFailsThenUndo(t *testing.T) {
 	t.Parallel()
-	r := runner(t)
-	ctx := bg(t)
-	p := dockertest.Prefix(t)
-	v1, v2 := dockertest.Image(t, v1HC), dockertest.Image(t, v2Unhealthy)
-	name := p + "app"
-	prevID := dockertest.Run(t, name, v1)
-	env := newEnv(t)
-	s := step(name, v2)
-	s.Container.WaitHealthy = 5 * time.Minute
-
-	err := r.Run(ctx, s, env.Env)
-	if k := onfailure.KindOf(err); k != onfailure.Verification {
-		t.Fatalf("run: kind %s, want Verification: %v", k, err)
-	}
-	if !strings.Contains(err.Error(), "unhealthy") || !strings.Contains(err.Error(), name) {
-		t.Fatalf("run error %q does not say the container is unhealthy", err)
-	}
+	f := newFixture(t, v1HC, v2Unhealthy)
+	f.s.Container.WaitHealthy = 5 * time.Minute
+	f.runFails(t, "unhealthy", f.name)
 
 	for range 2 {
-		if err := r.Undo(ctx, s, env.Env, env.undo()); err != nil {
-			t.Fatalf("undo: %v", err)
-		}
+		f.undo(t)
 	}
-	serves(t, name, v1, "v1")
-	if id := dockertest.Docker(t, "inspect", "--format", "{{.Id}}", name); id != prevID {
-		t.Fatalf("%s is %s, want the previous container %s", name, id, prevID)
-	}
-	if err := r.Finish(ctx, s, env.Env, env.undo()); err != nil {
-		t.Fatal(err)
-	}
-	if got := containersUnder(t, p); !slices.Equal(got, []string{name}) {
-		t.Fatalf("containers %v, want only %s", got, name)
-	}
+	f.assertRestored(t)
+	f.finish(t)
+	f.assertOnly(t)
 }
 
 // TestCrashLoopFails updates a container with restart policy always to an
@@ -283,30 +348,12 @@ func TestUnhealthyFailsThenUndo(t *testing.T) {
 // restores v1.
 func TestCrashLoopFails(t *testing.T) {
 	t.Parallel()
-	r := runner(t)
-	ctx := bg(t)
-	p := dockertest.Prefix(t)
-	v1, v2 := dockertest.Image(t, v1HC), dockertest.Image(t, v2Crash)
-	name := p + "app"
-	dockertest.Run(t, name, v1, "--restart", "always")
-	env := newEnv(t)
-	s := step(name, v2)
-	s.Container.WaitHealthy = 5 * time.Minute
-
-	err := r.Run(ctx, s, env.Env)
-	if k := onfailure.KindOf(err); k != onfailure.Verification {
-		t.Fatalf("run: kind %s, want Verification: %v", k, err)
-	}
-	if !strings.Contains(err.Error(), "restarted") || !strings.Contains(err.Error(), "crash loop") {
-		t.Fatalf("run error %q does not report the restarts", err)
-	}
-	if err := r.Undo(ctx, s, env.Env, env.undo()); err != nil {
-		t.Fatalf("undo: %v", err)
-	}
-	serves(t, name, v1, "v1")
-	if got := containersUnder(t, p); !slices.Equal(got, []string{name}) {
-		t.Fatalf("containers %v, want only %s", got, name)
-	}
+	f := newFixture(t, v1HC, v2Crash, "--restart", "always")
+	f.s.Container.WaitHealthy = 5 * time.Minute
+	f.runFails(t, "restarted", "crash loop")
+	f.undo(t)
+	serves(t, f.name, f.v1, "v1")
+	f.assertOnly(t)
 }
 
 // TestImageArchive updates to an image given as a docker save archive in
@@ -354,20 +401,15 @@ func TestImageArchive(t *testing.T) {
 // pulled fail before anything is journaled or changed.
 func TestBadImageChangesNothing(t *testing.T) {
 	t.Parallel()
-	r := runner(t)
-	ctx := bg(t)
-	p := dockertest.Prefix(t)
-	v1, v2 := dockertest.Image(t, v1Plain), dockertest.Image(t, v2Plain)
-	name := p + "app"
-	prevID := dockertest.Run(t, name, v1)
-	env := newEnv(t)
-	dockertest.Save(t, v2, filepath.Join(env.Root, "v2.tar"))
+	f := newFixture(t, v1Plain, v2Plain)
+	env := f.env
+	dockertest.Save(t, f.v2, filepath.Join(env.Root, "v2.tar"))
 
-	outside := step(name, v2)
+	outside := step(f.name, f.v2)
 	outside.Container.ImageArchive = "../../../../etc/passwd"
-	wrong := step(name, "edgeflow-test/not-in-archive:1")
+	wrong := step(f.name, "edgeflow-test/not-in-archive:1")
 	wrong.Container.ImageArchive = "v2.tar"
-	unpullable := step(name, "127.0.0.1:1/edgeflow/none:1")
+	unpullable := step(f.name, "127.0.0.1:1/edgeflow/none:1")
 
 	for _, c := range []struct {
 		s    *flow.Step
@@ -377,7 +419,7 @@ func TestBadImageChangesNothing(t *testing.T) {
 		{wrong, "has no image edgeflow-test/not-in-archive:1"},
 		{unpullable, "pull 127.0.0.1:1/edgeflow/none:1"},
 	} {
-		err := r.Run(ctx, c.s, env.Env)
+		err := f.r.Run(f.ctx, c.s, env.Env)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("run: %v, want an error saying %q", err, c.want)
 		}
@@ -385,16 +427,14 @@ func TestBadImageChangesNothing(t *testing.T) {
 			t.Errorf("run: error without a kind: %v", err)
 		}
 	}
-	if err := r.Preflight(outside, env.Root); err == nil {
+	if err := f.r.Preflight(outside, env.Root); err == nil {
 		t.Error("preflight accepted an archive outside the flow's directory")
 	}
 	if env.undo() != nil {
 		t.Fatalf("undo data journaled: %s", env.undo())
 	}
-	if got := containersUnder(t, p); !slices.Equal(got, []string{name}) {
-		t.Fatalf("containers %v", got)
-	}
-	if st := dockertest.Docker(t, "inspect", "--format", "{{.Id}} {{.State.Status}}", name); st != prevID+" running" {
+	f.assertOnly(t)
+	if st := dockertest.Docker(t, "inspect", "--format", "{{.Id}} {{.State.Status}}", f.name); st != f.prevID+" running" {
 		t.Fatalf("container changed: %s", st)
 	}
 }
@@ -425,49 +465,32 @@ func TestMissingContainer(t *testing.T) {
 // with policy always.
 func TestRetryAfterRestart(t *testing.T) {
 	t.Parallel()
-	r := runner(t)
-	ctx := bg(t)
-	p := dockertest.Prefix(t)
-	v1, bad, good := dockertest.Image(t, v1HC), dockertest.Image(t, v2Crash), dockertest.Image(t, v2HC)
-	name := p + "app"
-	prevID := dockertest.Run(t, name, v1, "--restart", "always")
-	env := newEnv(t)
-	if err := r.Run(ctx, step(name, bad), env.Env); onfailure.KindOf(err) != onfailure.Verification {
+	f := newFixture(t, v1HC, v2HC, "--restart", "always")
+	bad := dockertest.Image(t, v2Crash)
+	if err := f.r.Run(f.ctx, step(f.name, bad), f.env.Env); onfailure.KindOf(err) != onfailure.Verification {
 		t.Fatalf("first attempt: %v", err)
 	}
-	badID := dockertest.Docker(t, "inspect", "--format", "{{.Id}}", name)
-	if got := restartPolicy(t, prevID); got != "no 0" {
-		t.Fatalf("after the first attempt the previous container has restart policy %q, want no", got)
-	}
+	badID := dockertest.Docker(t, "inspect", "--format", "{{.Id}}", f.name)
+	wantPolicy(t, "after the first attempt the previous container", f.prevID, "no 0")
 
-	next := env.retry(t)
-	s := step(name, good)
-	if err := r.Run(ctx, s, next.Env); err != nil {
+	next := f.env.retry(t)
+	if err := f.r.Run(f.ctx, f.s, next.Env); err != nil {
 		t.Fatalf("second attempt: %v\nlog:\n%s", err, next.Log)
 	}
-	serves(t, name, good, "v2")
-	if !strings.Contains(next.Log.String(), "removing container "+name) {
+	serves(t, f.name, f.v2, "v2")
+	if !strings.Contains(next.Log.String(), "removing container "+f.name) {
 		t.Errorf("log does not say the first attempt's clone was removed:\n%s", next.Log)
 	}
-	if _, err := r.Engine.Inspect(ctx, badID); !errors.Is(err, containers.ErrNotFound) {
+	if _, err := f.r.Engine.Inspect(f.ctx, badID); !errors.Is(err, containers.ErrNotFound) {
 		t.Fatalf("the first attempt's clone is still there: %v", err)
 	}
-	if got := restartPolicy(t, name); got != "always 0" {
-		t.Fatalf("the second attempt's container has restart policy %q, want the recorded always", got)
-	}
-	if got := restartPolicy(t, prevID); got != "no 0" {
-		t.Fatalf("the previous container has restart policy %q, want no", got)
-	}
-	if err := r.Undo(ctx, s, next.Env, next.Undo); err != nil {
+	wantPolicy(t, "the second attempt's container", f.name, "always 0")
+	wantPolicy(t, "the previous container", f.prevID, "no 0")
+	if err := f.r.Undo(f.ctx, f.s, next.Env, next.Undo); err != nil {
 		t.Fatal(err)
 	}
-	serves(t, name, v1, "v1")
-	if id := dockertest.Docker(t, "inspect", "--format", "{{.Id}}", name); id != prevID {
-		t.Fatalf("restored %s, want %s", id, prevID)
-	}
-	if got := restartPolicy(t, name); got != "always 0" {
-		t.Fatalf("restored container has restart policy %q, want always", got)
-	}
+	f.assertRestored(t)
+	wantPolicy(t, "restored container", f.name, "always 0")
 }
 
 // TestRestartPolicyAside checks the previous container's restart policy:
@@ -488,54 +511,25 @@ func TestRestartPolicyAside(t *testing.T) {
 	} {
 		t.Run(c.flag, func(t *testing.T) {
 			t.Parallel()
-			r := runner(t)
-			ctx := bg(t)
-			p := dockertest.Prefix(t)
-			v1, v2 := dockertest.Image(t, v1Plain), dockertest.Image(t, v2Plain)
-			name := p + "app"
-			prevID := dockertest.Run(t, name, v1, "--restart", c.flag)
-			env := newEnv(t)
-			s := step(name, v2)
-			if err := r.Run(ctx, s, env.Env); err != nil {
-				t.Fatalf("run: %v\nlog:\n%s", err, env.Log)
-			}
-			serves(t, name, v2, "v2")
-			aside := name + ".edgeflow-prev-0d3e5a7c"
-			if st := dockertest.Docker(t, "inspect", "--format", "{{.Id}} {{.State.Status}}", aside); st != prevID+" exited" {
-				t.Fatalf("aside container: %q, want the previous one, exited", st)
-			}
-			if got := restartPolicy(t, aside); got != "no 0" {
-				t.Fatalf("aside container has restart policy %q, want no", got)
-			}
-			if got := restartPolicy(t, name); got != c.cli {
-				t.Fatalf("new container has restart policy %q, want %q", got, c.cli)
-			}
-			if got := undoOf(t, env.undo())["restartPolicy"]; !reflect.DeepEqual(got, c.undo) {
+			f := newFixture(t, v1Plain, v2Plain, "--restart", c.flag)
+			aside := f.update(t)
+			wantPolicy(t, "aside container", aside, "no 0")
+			wantPolicy(t, "new container", f.name, c.cli)
+			if got := undoOf(t, f.env.undo())["restartPolicy"]; !reflect.DeepEqual(got, c.undo) {
 				t.Fatalf("journaled restart policy %v, want %v", got, c.undo)
 			}
-			parked := strings.Contains(env.Log.String(), "restart policy set to no")
+			parked := strings.Contains(f.env.Log.String(), "restart policy set to no")
 			if parked == (c.flag == "no") {
-				t.Errorf("log (policy %s):\n%s", c.flag, env.Log)
+				t.Errorf("log (policy %s):\n%s", c.flag, f.env.Log)
 			}
 
 			for range 2 {
-				if err := r.Undo(ctx, s, env.Env, env.undo()); err != nil {
-					t.Fatalf("undo: %v", err)
-				}
+				f.undo(t)
 			}
-			if id := dockertest.Docker(t, "inspect", "--format", "{{.Id}}", name); id != prevID {
-				t.Fatalf("%s is %s, want the previous container %s", name, id, prevID)
-			}
-			if got := restartPolicy(t, name); got != c.cli {
-				t.Fatalf("restored container has restart policy %q, want %q", got, c.cli)
-			}
-			serves(t, name, v1, "v1")
-			if err := r.Finish(ctx, s, env.Env, env.undo()); err != nil {
-				t.Fatal(err)
-			}
-			if got := containersUnder(t, p); !slices.Equal(got, []string{name}) {
-				t.Fatalf("containers %v, want only %s", got, name)
-			}
+			f.assertRestored(t)
+			wantPolicy(t, "restored container", f.name, c.cli)
+			f.finish(t)
+			f.assertOnly(t)
 		})
 	}
 }
@@ -547,36 +541,23 @@ func TestRestartPolicyAside(t *testing.T) {
 // so does Undo, which still restores the container.
 func TestUndoDataWithoutPolicy(t *testing.T) {
 	t.Parallel()
-	r := runner(t)
-	ctx := bg(t)
-	p := dockertest.Prefix(t)
-	v1, v2 := dockertest.Image(t, v1Plain), dockertest.Image(t, v2Plain)
-	name := p + "app"
-	prevID := dockertest.Run(t, name, v1, "--restart", "always")
-	aside := name + ".edgeflow-prev-0d3e5a7c"
+	f := newFixture(t, v1Plain, v2Plain, "--restart", "always")
+	aside := f.name + ".edgeflow-prev-0d3e5a7c"
 	old := fmt.Sprintf(`{"version":1,"name":%q,"previousId":%q,"previousImage":%q,"running":true,"aside":%q}`,
-		name, prevID, imageID(t, v1), aside)
-	env := newEnv(t)
-	env.saved = [][]byte{[]byte(old)}
-	next := env.retry(t)
-	s := step(name, v2)
-	if err := r.Run(ctx, s, next.Env); err != nil {
+		f.name, f.prevID, imageID(t, f.v1), aside)
+	f.env.saved = [][]byte{[]byte(old)}
+	next := f.env.retry(t)
+	if err := f.r.Run(f.ctx, f.s, next.Env); err != nil {
 		t.Fatalf("run: %v\nlog:\n%s", err, next.Log)
 	}
-	serves(t, name, v2, "v2")
-	if got := restartPolicy(t, name); got != "always 0" {
-		t.Fatalf("new container has restart policy %q, want always", got)
-	}
-	if got := restartPolicy(t, aside); got != "always 0" {
-		t.Fatalf("aside container has restart policy %q, want always (left alone)", got)
-	}
-	if err := r.Undo(ctx, s, next.Env, next.Undo); err != nil {
+	serves(t, f.name, f.v2, "v2")
+	wantPolicy(t, "new container", f.name, "always 0")
+	wantPolicy(t, "aside container (left alone)", aside, "always 0")
+	if err := f.r.Undo(f.ctx, f.s, next.Env, next.Undo); err != nil {
 		t.Fatal(err)
 	}
-	serves(t, name, v1, "v1")
-	if got := restartPolicy(t, name); got != "always 0" {
-		t.Fatalf("restored container has restart policy %q, want always", got)
-	}
+	serves(t, f.name, f.v1, "v1")
+	wantPolicy(t, "restored container", f.name, "always 0")
 }
 
 // TestStoppedPreviousStaysStopped checks a container that was not running

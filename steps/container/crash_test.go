@@ -218,14 +218,11 @@ func TestCrashMatrix(t *testing.T) {
 // (journaling counts as one), then, if retry, Run again to its end, then
 // Undo and Finish. (TestUndoCrashChain kills Undo itself.)
 func killedRun(t *testing.T, base *container.Runner, n int, retry bool, v1, v2 string) {
-	p := dockertest.Prefix(t)
-	name := p + "app"
-	prevID := dockertest.Run(t, name, v1, "-e", "USER_SETTING=kept", "--restart", "always")
-	env := newEnv(t)
-	s := step(name, v2)
+	f := runApp(t, base, v1, v2, "-e", "USER_SETTING=kept", "--restart", "always")
+	env := f.env
 	r, ce, ctx := killAfter(t, base, n)
 	ce.countJournal(ctx, env)
-	err := r.Run(ctx, s, env.Env)
+	err := r.Run(ctx, f.s, env.Env)
 	switch {
 	case ce.cut && !errors.Is(err, errKilled):
 		t.Fatalf("killed run returned %v, not the kill", err)
@@ -243,41 +240,30 @@ func killedRun(t *testing.T, base *container.Runner, n int, retry bool, v1, v2 s
 		if undo != nil {
 			next = env.retry(t)
 		}
-		if err := base.Run(bg(t), s, next.Env); err != nil {
+		if err := base.Run(bg(t), f.s, next.Env); err != nil {
 			t.Fatalf("retry: %v\nlog:\n%s", err, next.Log)
 		}
 		if undo == nil {
 			undo = next.undo()
 		}
-		serves(t, name, v2, "v2")
-		if got := restartPolicy(t, name); got != "always 0" {
-			t.Fatalf("after the retry the new container has restart policy %q, want always", got)
-		}
-		if got := restartPolicy(t, prevID); got != "no 0" {
-			t.Fatalf("after the retry the previous container has restart policy %q, want no", got)
-		}
+		serves(t, f.name, f.v2, "v2")
+		wantPolicy(t, "after the retry the new container", f.name, "always 0")
+		wantPolicy(t, "after the retry the previous container", f.prevID, "no 0")
 	}
 	if undo != nil {
 		if rp, _ := undoOf(t, undo)["restartPolicy"].(map[string]any); rp["name"] != "always" {
 			t.Fatalf("journaled restart policy %v, want always", undoOf(t, undo)["restartPolicy"])
 		}
-		if err := base.Undo(bg(t), s, env.Env, undo); err != nil {
+		if err := base.Undo(bg(t), f.s, env.Env, undo); err != nil {
 			t.Fatalf("undo: %v", err)
 		}
-		if err := base.Finish(bg(t), s, env.Env, undo); err != nil {
+		if err := base.Finish(bg(t), f.s, env.Env, undo); err != nil {
 			t.Fatalf("finish: %v", err)
 		}
 	}
-	if got := containersUnder(t, p); !slices.Equal(got, []string{name}) {
-		t.Fatalf("containers %v, want only %s", got, name)
-	}
-	if id := dockertest.Docker(t, "inspect", "--format", "{{.Id}}", name); id != prevID {
-		t.Fatalf("%s is %s, want the previous container %s", name, id, prevID)
-	}
-	if got := restartPolicy(t, name); got != "always 0" {
-		t.Fatalf("restored container has restart policy %q, want always", got)
-	}
-	serves(t, name, v1, "v1")
+	f.assertOnly(t)
+	f.assertRestored(t)
+	wantPolicy(t, "restored container", f.name, "always 0")
 }
 
 // TestUndoCrashChain kills Undo after its first engine call, then a new
@@ -288,28 +274,19 @@ func killedRun(t *testing.T, base *container.Runner, n int, retry bool, v1, v2 s
 // pick up from any point a kill leaves.
 func TestUndoCrashChain(t *testing.T) {
 	t.Parallel()
-	base := runner(t)
-	ctx := bg(t)
-	p := dockertest.Prefix(t)
-	v1, v2 := dockertest.Image(t, v1Plain), dockertest.Image(t, v2Plain)
-	name := p + "app"
-	prevID := dockertest.Run(t, name, v1, "--restart", "on-failure:3")
-	env := newEnv(t)
-	s := step(name, v2)
-	if err := base.Run(ctx, s, env.Env); err != nil {
+	f := newFixture(t, v1Plain, v2Plain, "--restart", "on-failure:3")
+	if err := f.r.Run(f.ctx, f.s, f.env.Env); err != nil {
 		t.Fatal(err)
 	}
-	undo := env.undo()
-	if got := restartPolicy(t, prevID); got != "no 0" {
-		t.Fatalf("aside container has restart policy %q, want no", got)
-	}
+	undo := f.env.undo()
+	wantPolicy(t, "aside container", f.prevID, "no 0")
 
 	for n := 1; ; n++ {
 		if n > 100 {
 			t.Fatal("undo never finished")
 		}
-		r, ce, kctx := killAfter(t, base, n)
-		err := r.Undo(kctx, s, env.Env, undo)
+		r, ce, kctx := killAfter(t, f.r, n)
+		err := r.Undo(kctx, f.s, f.env.Env, undo)
 		if !ce.cut {
 			if err != nil {
 				t.Fatalf("undo: %v", err)
@@ -320,26 +297,19 @@ func TestUndoCrashChain(t *testing.T) {
 			t.Fatalf("killed undo returned %v", err)
 		}
 	}
-	if id := dockertest.Docker(t, "inspect", "--format", "{{.Id}}", name); id != prevID {
-		t.Fatalf("%s is %s, want %s", name, id, prevID)
-	}
-	serves(t, name, v1, "v1")
-	if got := restartPolicy(t, name); got != "on-failure 3" {
-		t.Fatalf("restored container has restart policy %q, want on-failure 3", got)
-	}
-	if got := containersUnder(t, p); !slices.Equal(got, []string{name}) {
-		t.Fatalf("containers %v, want only %s", got, name)
-	}
+	f.assertRestored(t)
+	wantPolicy(t, "restored container", f.name, "on-failure 3")
+	f.assertOnly(t)
 
 	// Run again as a new execution, then Finish with kills.
 	env2 := newEnv(t)
 	env2.Execution = "1a2b3c4d5e"
-	if err := base.Run(ctx, s, env2.Env); err != nil {
+	if err := f.r.Run(f.ctx, f.s, env2.Env); err != nil {
 		t.Fatal(err)
 	}
 	for n := 1; ; n++ {
-		r, ce, kctx := killAfter(t, base, n)
-		err := r.Finish(kctx, s, env2.Env, env2.undo())
+		r, ce, kctx := killAfter(t, f.r, n)
+		err := r.Finish(kctx, f.s, env2.Env, env2.undo())
 		if !ce.cut {
 			if err != nil {
 				t.Fatalf("finish: %v", err)
@@ -347,8 +317,6 @@ func TestUndoCrashChain(t *testing.T) {
 			break
 		}
 	}
-	if got := containersUnder(t, p); !slices.Equal(got, []string{name}) {
-		t.Fatalf("after finish: containers %v, want only %s", got, name)
-	}
-	serves(t, name, v2, "v2")
+	f.assertOnly(t)
+	serves(t, f.name, f.v2, "v2")
 }

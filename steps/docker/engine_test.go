@@ -26,6 +26,14 @@ func ctx(t *testing.T) context.Context {
 	return c
 }
 
+// parallelOnEngine marks t parallel and returns the engine, a context and
+// a name prefix private to t for what it creates.
+func parallelOnEngine(t *testing.T) (*docker.Client, context.Context, string) {
+	t.Helper()
+	t.Parallel()
+	return dockertest.Engine(t), ctx(t), dockertest.Prefix(t)
+}
+
 // TestPingNegotiates checks that Ping reaches the engine and settles on an
 // API version the engine speaks (at most 1.41 on a Docker 20.10 engine).
 func TestPingNegotiates(t *testing.T) {
@@ -251,10 +259,7 @@ func TestPullUnreachableRegistry(t *testing.T) {
 // TestLifecycleIdempotent checks Rename, Start, Stop and Remove, each done
 // twice: the second time is no error, as containers.Engine promises.
 func TestLifecycleIdempotent(t *testing.T) {
-	t.Parallel()
-	e := dockertest.Engine(t)
-	c := ctx(t)
-	p := dockertest.Prefix(t)
+	e, c, p := parallelOnEngine(t)
 	img := dockertest.Image(t, dockertest.Variant{Version: "v1"})
 	id := dockertest.Docker(t, "create", "--name", p+"a", img)
 
@@ -303,10 +308,7 @@ func TestLifecycleIdempotent(t *testing.T) {
 // twice in a row, "" as "no", a retry count only with on-failure; an
 // unknown policy is refused with a classified error naming the container.
 func TestSetRestartPolicy(t *testing.T) {
-	t.Parallel()
-	e := dockertest.Engine(t)
-	c := ctx(t)
-	p := dockertest.Prefix(t)
+	e, c, p := parallelOnEngine(t)
 	img := dockertest.Image(t, dockertest.Variant{Version: "v1"})
 	plain := dockertest.Docker(t, "create", "--name", p+"plain", img)
 	id := dockertest.Docker(t, "create", "--name", p+"always", "--restart", "always", img)
@@ -372,10 +374,7 @@ func TestSetRestartPolicy(t *testing.T) {
 // its image (VERSION, the health check, the image label), gets its own
 // hostname, and serves the new version.
 func TestClone(t *testing.T) {
-	t.Parallel()
-	e := dockertest.Engine(t)
-	c := ctx(t)
-	p := dockertest.Prefix(t)
+	e, c, p := parallelOnEngine(t)
 	v1 := dockertest.Image(t, dockertest.Variant{Version: "v1"})
 	v2 := dockertest.Image(t, dockertest.Variant{Version: "v2", HealthCheck: true})
 	bind := t.TempDir()
@@ -475,10 +474,7 @@ func TestClone(t *testing.T) {
 // TestCloneKeepsUserCommand checks that a command, entrypoint and user the
 // user set stay, while those equal to the old image's go.
 func TestCloneKeepsUserCommand(t *testing.T) {
-	t.Parallel()
-	e := dockertest.Engine(t)
-	c := ctx(t)
-	p := dockertest.Prefix(t)
+	e, c, p := parallelOnEngine(t)
 	v1 := dockertest.Image(t, dockertest.Variant{Version: "v1"})
 	v2 := dockertest.Image(t, dockertest.Variant{Version: "v2"})
 	a := dockertest.Docker(t, "create", "--name", p+"a", "--user", "1000", "--workdir", "/tmp", v1, "-user-arg")
@@ -505,10 +501,7 @@ func TestCloneKeepsUserCommand(t *testing.T) {
 // service, health and restart count; a crash-looping container with
 // restart policy always shows its restart count rising.
 func TestProjectContainers(t *testing.T) {
-	t.Parallel()
-	e := dockertest.Engine(t)
-	c := ctx(t)
-	p := dockertest.Prefix(t)
+	e, c, p := parallelOnEngine(t)
 	project := strings.TrimSuffix(p, "-")
 	healthy := dockertest.Image(t, dockertest.Variant{Version: "v1", HealthCheck: true})
 	crash := dockertest.Image(t, dockertest.Variant{Version: "v2", Mode: "crash"})
