@@ -286,14 +286,7 @@ func TestCrashMatrix(t *testing.T) {
 			if err := c.apply("EDGEFLOW_CRASH_COUNT=" + countFile).Run(); err != nil && !isExit1(err) {
 				t.Fatalf("uninterrupted run: %v", err)
 			}
-			data, err := os.ReadFile(countFile)
-			if err != nil {
-				t.Fatal(err)
-			}
-			writes, _ := strconv.Atoi(string(data))
-			if writes < 5 {
-				t.Fatalf("only %d journal writes", writes)
-			}
+			writes := journalWrites(t, countFile, 5)
 			c.recover("uninterrupted")
 			for n := 1; n <= writes; n++ {
 				c := newCrashRun(t, cf)
@@ -305,6 +298,21 @@ func TestCrashMatrix(t *testing.T) {
 			}
 		})
 	}
+}
+
+// journalWrites reads the count of journal writes a crashtest agent run
+// with EDGEFLOW_CRASH_COUNT=countFile made, and fails t below atLeast.
+func journalWrites(t *testing.T, countFile string, atLeast int) int {
+	t.Helper()
+	data, err := os.ReadFile(countFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writes, err := strconv.Atoi(string(data))
+	if err != nil || writes < atLeast {
+		t.Fatalf("journal writes %q (%v), want at least %d", data, err, atLeast)
+	}
+	return writes
 }
 
 func isExit1(err error) bool {

@@ -5,7 +5,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -199,14 +198,7 @@ func TestComposeCrashMatrix(t *testing.T) {
 		t.Fatal("the uninterrupted run was killed")
 	}
 	c.mustServe("v1", "after the uninterrupted update failed")
-	data, err := os.ReadFile(countFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	writes, _ := strconv.Atoi(string(data))
-	if writes < 4 {
-		t.Fatalf("only %d journal writes", writes)
-	}
+	writes := journalWrites(t, countFile, 4)
 	for n := 1; n <= writes; n++ {
 		point := fmt.Sprintf("killed after journal write %d of %d", n, writes)
 		if err := crash(fmt.Sprintf("EDGEFLOW_CRASH_AT=%d", n)); !killedBySIGKILL(err) {

@@ -8,10 +8,11 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
 	"regexp"
-	"sort"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -372,12 +373,7 @@ func (r *Runner) restore(ctx context.Context, env *steps.Env, p project, u *undo
 		}
 		logf(env, "restored %s", p.file)
 	}
-	refs := make([]string, 0, len(u.Images))
-	for ref := range u.Images {
-		refs = append(refs, ref)
-	}
-	sort.Strings(refs)
-	for _, ref := range refs {
+	for _, ref := range slices.Sorted(maps.Keys(u.Images)) {
 		id := u.Images[ref]
 		now, err := r.Engine.ImageID(ctx, ref)
 		switch {
