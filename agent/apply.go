@@ -123,7 +123,8 @@ var ErrNothingToResume = errors.New("nothing to resume: no unfinished execution 
 // agent restart, a crash or a power cut interrupted) and returns its result.
 //
 // It runs under the settings the execution started with (allowed paths,
-// kill grace), not cfg's, so a resumed flow is held to the same limits.
+// kill grace, reboot command, compose directory and command), not cfg's,
+// so a resumed flow is held to the same limits and finds its projects.
 func Resume(ctx context.Context, cfg Config, observe func(engine.Event)) (*engine.Result, error) {
 	rec, err := unfinished(cfg)
 	if err != nil {
