@@ -1,6 +1,7 @@
-// Command edgeflow is the operator's CLI. Today it validates flows; the
-// controller (serve) and the fleet commands (deploy, watch, …) come with
-// the transport work.
+// Command edgeflow is the operator's CLI. Today it validates flows, makes
+// signing keys (keygen) and builds, verifies and inspects signed update
+// bundles (bundle); the controller (serve) and the fleet commands (deploy,
+// watch, …) come with the transport work.
 package main
 
 import (
@@ -19,11 +20,11 @@ func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
 func run(args []string, stdout, stderr io.Writer) int {
 	root := &cobra.Command{
 		Use:     "edgeflow",
-		Short:   "Operate edgeflow: check flows (and soon deploy them to fleets)",
+		Short:   "Operate edgeflow: check flows, build signed bundles (and soon deploy them to fleets)",
 		Version: version,
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.AddCommand(cli.ValidateCommand(stdout))
+	root.AddCommand(cli.ValidateCommand(stdout), cli.KeygenCommand(stdout), cli.BundleCommand(stdout))
 	return cli.Run(root, args, stderr)
 }
