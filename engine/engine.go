@@ -34,6 +34,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -397,4 +398,28 @@ func workDir(stateDir, exec, step string) (string, error) {
 		return "", onfailure.Wrap("create work dir", err)
 	}
 	return dir, nil
+}
+
+// Reject journals an execution of flow that was refused before it could
+// start (a bundle whose signature, expiry, target or version is refused)
+// and returns its result: status Failed, cause's kind and message as the
+// error, no step run. The record is finished, so nothing resumes it; it is
+// listed with the others, so the refusal stays on the device's record.
+func (e *Engine) Reject(flow string, cause error) (*Result, error) {
+	now := e.opts.Now()
+	rec := &Record{
+		ID: newID(now), Flow: flow, DeviceID: e.opts.DeviceID, Labels: e.opts.Labels,
+		Status: Failed, StartedAt: now, EndedAt: &now, Error: errorInfo(cause),
+		Steps: []*StepRecord{}, Groups: []*GroupRecord{}, Actions: []ActionRecord{}, Guidance: []GuidanceResult{},
+	}
+	data, err := json.Marshal(rec)
+	if err != nil {
+		return nil, fmt.Errorf("encode execution: %w", err)
+	}
+	if e.opts.Store != nil {
+		if err := e.opts.Store.SaveExecution(rec.ID, data, false); err != nil {
+			return rec.Result(), fmt.Errorf("journal the refusal of %s: %w", flow, err)
+		}
+	}
+	return rec.Result(), nil
 }

@@ -692,3 +692,24 @@ func TestJournaledBeforeStepActs(t *testing.T) {
 		t.Fatalf("the journal must say Running before a step acts, saw %v", seen)
 	}
 }
+
+// TestReject: a refused bundle is journaled as a finished execution, Failed
+// with the refusal's kind and message, with no step run.
+func TestReject(t *testing.T) {
+	h := newHarness(t, Options{})
+	cause := onfailure.Errorf(onfailure.Integrity, "bundle web.tar: signature does not verify")
+	res, err := h.eng.Reject("web", cause)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Status != Failed || res.Flow != "web" || res.Error == nil || res.Error.Type != onfailure.Integrity ||
+		!strings.Contains(res.Error.Message, "signature does not verify") || len(res.Steps) != 0 {
+		t.Fatalf("result %+v", res)
+	}
+	if h.store.writes != 1 || h.store.last.ID != res.Execution || h.store.last.Status != Failed || h.store.last.EndedAt == nil {
+		t.Fatalf("journal: %d writes, last %+v", h.store.writes, h.store.last)
+	}
+	if len(h.fake.Calls()) != 0 {
+		t.Fatal("a step ran")
+	}
+}

@@ -19,6 +19,8 @@
 //	meta         current                  id of the unfinished execution (absent: none)
 //	executions   <id>                     execution record (opaque bytes)
 //	logs         <id>/<step>/<attempt>    output of one attempt of a step (opaque bytes)
+//	installed    <flow name>              release version of the last bundle of that flow
+//	                                      that succeeded here, decimal ("12")
 //
 // Execution ids are made by the caller and sort by start time, so
 // [Journal.Executions] lists them oldest first. Attempts are written
@@ -80,6 +82,7 @@ var (
 	bucketMeta       = []byte("meta")
 	bucketExecutions = []byte("executions")
 	bucketLogs       = []byte("logs")
+	bucketInstalled  = []byte("installed")
 
 	keySchema  = []byte("schema")
 	keyCurrent = []byte("current")
@@ -303,7 +306,7 @@ func (j *Journal) prepare() (err error) {
 func (j *Journal) ensureBuckets() error {
 	missing := false
 	_ = j.db.View(func(tx *bolt.Tx) error {
-		missing = tx.Bucket(bucketExecutions) == nil || tx.Bucket(bucketLogs) == nil
+		missing = tx.Bucket(bucketExecutions) == nil || tx.Bucket(bucketLogs) == nil || tx.Bucket(bucketInstalled) == nil
 		return nil
 	})
 	if !missing {
@@ -316,7 +319,7 @@ func (j *Journal) ensureBuckets() error {
 }
 
 func createBuckets(tx *bolt.Tx) error {
-	for _, b := range [][]byte{bucketExecutions, bucketLogs} {
+	for _, b := range [][]byte{bucketExecutions, bucketLogs, bucketInstalled} {
 		if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 			return fmt.Errorf("create bucket %s: %w", b, err)
 		}
@@ -403,6 +406,67 @@ func (j *Journal) PutExecutionCurrent(id string, rec []byte, current bool) error
 		return fmt.Errorf("journal %s: put execution %s: %w", j.path, id, err)
 	}
 	return nil
+}
+
+// SaveExecutionInstalled stores the finished record of execution id (the
+// current pointer is cleared if it names id) and, in the same fsynced
+// transaction, records version as the installed release of flow, unless a
+// higher one is recorded already. A crash can therefore never leave a
+// succeeded bundle without its version on record, which is what refuses
+// a replay of an older bundle.
+func (j *Journal) SaveExecutionInstalled(id string, rec []byte, flow string, version uint64) error {
+	if err := checkName("execution id", id); err != nil {
+		return fmt.Errorf("journal: put execution: %w", err)
+	}
+	if flow == "" {
+		return fmt.Errorf("journal: installed version: empty flow name")
+	}
+	err := j.db.Update(func(tx *bolt.Tx) error {
+		if err := tx.Bucket(bucketExecutions).Put([]byte(id), rec); err != nil {
+			return err
+		}
+		meta := tx.Bucket(bucketMeta)
+		if string(meta.Get(keyCurrent)) == id {
+			if err := meta.Delete(keyCurrent); err != nil {
+				return err
+			}
+		}
+		b := tx.Bucket(bucketInstalled)
+		if old, ok, err := parseVersion(b.Get([]byte(flow))); err != nil {
+			return fmt.Errorf("installed version of %q: %w", flow, err)
+		} else if ok && old >= version {
+			return nil
+		}
+		return b.Put([]byte(flow), []byte(strconv.FormatUint(version, 10)))
+	})
+	if err != nil {
+		return fmt.Errorf("journal %s: put execution %s: %w", j.path, id, err)
+	}
+	return nil
+}
+
+// Installed returns the release version of the last bundle of flow that
+// succeeded on this device; ok is false when none has.
+func (j *Journal) Installed(flow string) (version uint64, ok bool, err error) {
+	err = j.db.View(func(tx *bolt.Tx) error {
+		version, ok, err = parseVersion(tx.Bucket(bucketInstalled).Get([]byte(flow)))
+		return err
+	})
+	if err != nil {
+		return 0, false, fmt.Errorf("journal %s: installed version of %q: %w", j.path, flow, err)
+	}
+	return version, ok, nil
+}
+
+func parseVersion(v []byte) (uint64, bool, error) {
+	if v == nil {
+		return 0, false, nil
+	}
+	n, err := strconv.ParseUint(string(v), 10, 64)
+	if err != nil {
+		return 0, false, fmt.Errorf("not a version: %q", v)
+	}
+	return n, true, nil
 }
 
 // SaveExecution is PutExecutionCurrent under the name the engine's Store

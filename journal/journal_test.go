@@ -649,3 +649,63 @@ func TestCurrentSchemaMissingBucketsRecreated(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestInstalledVersion: the installed release of a flow is recorded with
+// its execution's final record, only goes up, survives a reopen, and a
+// file from before the bucket existed gets it on open.
+func TestInstalledVersion(t *testing.T) {
+	dir := t.TempDir()
+	j, err := Open(dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, err := j.Installed("web"); ok || err != nil {
+		t.Fatalf("a new journal has an installed version (%v)", err)
+	}
+	if err := j.PutExecutionCurrent("e1", []byte("running"), true); err != nil {
+		t.Fatal(err)
+	}
+	if err := j.SaveExecutionInstalled("e1", []byte("done"), "web", 7); err != nil {
+		t.Fatal(err)
+	}
+	if cur, err := j.Current(); err != nil || cur != "" {
+		t.Fatalf("current pointer %q (%v) after the final record", cur, err)
+	}
+	if rec, _ := j.Execution("e1"); string(rec) != "done" {
+		t.Fatalf("record %q", rec)
+	}
+	if err := j.SaveExecutionInstalled("e2", []byte("done"), "web", 5); err != nil {
+		t.Fatal(err)
+	}
+	if v, ok, _ := j.Installed("web"); !ok || v != 7 {
+		t.Fatalf("installed %d %v after an older release, want 7", v, ok)
+	}
+	if err := j.SaveExecutionInstalled("e3", []byte("done"), "web", 9); err != nil {
+		t.Fatal(err)
+	}
+	if v, ok, _ := j.Installed("web"); !ok || v != 9 {
+		t.Fatalf("installed %d %v after a newer release, want 9", v, ok)
+	}
+	if err := j.SaveExecutionInstalled("e4", []byte("done"), "", 1); err == nil {
+		t.Fatal("an empty flow name was accepted")
+	}
+	// A file written before the installed bucket existed.
+	if err := j.db.Update(func(tx *bolt.Tx) error { return tx.DeleteBucket(bucketInstalled) }); err != nil {
+		t.Fatal(err)
+	}
+	j.Close()
+	j, err = Open(dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	if _, ok, err := j.Installed("web"); ok || err != nil {
+		t.Fatalf("installed after the bucket was dropped: %v %v", ok, err)
+	}
+	if err := j.SaveExecutionInstalled("e5", []byte("done"), "web", 3); err != nil {
+		t.Fatal(err)
+	}
+	if v, ok, _ := j.Installed("web"); !ok || v != 3 {
+		t.Fatalf("installed %d %v, want 3", v, ok)
+	}
+}
