@@ -16,6 +16,7 @@ import (
 	"github.com/edgeflow/edgeflow/engine"
 	"github.com/edgeflow/edgeflow/flow"
 	"github.com/edgeflow/edgeflow/journal"
+	"github.com/edgeflow/edgeflow/packaging"
 	"github.com/edgeflow/edgeflow/steps"
 	"github.com/edgeflow/edgeflow/steps/compose"
 	"github.com/edgeflow/edgeflow/steps/container"
@@ -87,9 +88,14 @@ func Runners(c Config, docker containers.Engine) map[string]steps.Runner {
 // ApplyOptions is one offline run of a flow.
 type ApplyOptions struct {
 	Config
-	// Flow is the path of the flow document.
+	// Flow is the path of the flow document, or of a bundle.
 	Flow string
 	Vars map[string]string
+	// TrustedKeys may sign bundles; with any, a bundle must be signed by
+	// one of them.
+	TrustedKeys []packaging.PublicKey
+	// AllowReinstall accepts a bundle of the release already installed.
+	AllowReinstall bool
 	// Observe receives progress events; may be nil.
 	Observe func(engine.Event)
 }
@@ -98,11 +104,18 @@ type ApplyOptions struct {
 // A flow that is invalid or cannot run here returns a *UsageError and
 // changes nothing.
 func Apply(ctx context.Context, opts ApplyOptions) (*engine.Result, error) {
+	isBundle, err := packaging.IsBundle(opts.Flow)
+	if err != nil {
+		return nil, &UsageError{Err: err}
+	}
+	if isBundle {
+		return applyBundle(ctx, opts)
+	}
 	f, err := flow.Load(opts.Flow)
 	if err != nil {
 		return nil, &UsageError{Err: err}
 	}
-	s, err := openSession(opts.Config, opts.Vars, opts.Observe)
+	s, err := openSession(opts.Config, opts.Vars, opts.Observe, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -137,7 +150,10 @@ func Resume(ctx context.Context, cfg Config, observe func(engine.Event)) (*engin
 		}
 	}
 	saved.apply(&cfg)
-	s, err := openSession(cfg, nil, observe)
+	s, err := openSession(cfg, nil, observe, func(s *session) error {
+		s.release = saved.Release
+		return nil
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -161,6 +177,8 @@ type settings struct {
 	BootIDFile     string        `json:"bootIdFile,omitempty"`
 	ComposeDir     string        `json:"composeDir,omitempty"`
 	ComposeCommand []string      `json:"composeCommand,omitempty"`
+	// Release is the bundle the execution runs, if it came in one.
+	Release *release `json:"release,omitempty"`
 }
 
 func settingsOf(c Config) settings {
@@ -215,9 +233,16 @@ type session struct {
 	// docker is the Docker engine client of the compose and container
 	// steps.
 	docker *docker.Client
+	// release is the bundle the session runs, if any: its version is
+	// recorded as installed when the execution succeeds.
+	release *release
 }
 
-func openSession(cfg Config, vars map[string]string, observe func(engine.Event)) (*session, error) {
+// openSession opens the state dir's journal, runs prepare (if not nil) on
+// the session before the engine is built, so that it can set what the
+// execution journals with its settings (the bundle's release), and starts
+// the engine and the control socket.
+func openSession(cfg Config, vars map[string]string, observe func(engine.Event), prepare func(*session) error) (*session, error) {
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -227,7 +252,15 @@ func openSession(cfg Config, vars map[string]string, observe func(engine.Event))
 		return nil, err
 	}
 	s := &session{cfg: cfg, log: log, j: j}
-	agentData, err := json.Marshal(settingsOf(cfg))
+	if prepare != nil {
+		if err := prepare(s); err != nil {
+			j.Close()
+			return nil, err
+		}
+	}
+	st := settingsOf(cfg)
+	st.Release = s.release
+	agentData, err := json.Marshal(st)
 	if err != nil {
 		j.Close()
 		return nil, err
@@ -246,7 +279,7 @@ func openSession(cfg Config, vars map[string]string, observe func(engine.Event))
 		StateDir:  cfg.StateDir,
 		Runners:   Runners(cfg, s.docker),
 		Commands:  &script.Runner{Grace: cfg.KillGrace},
-		Store:     journalStore(j),
+		Store:     &releaseStore{Store: journalStore(j), j: j, s: s},
 		Logger:    log,
 		Observe:   observe,
 	})

@@ -17,6 +17,7 @@ import (
 	"github.com/edgeflow/edgeflow/engine"
 	"github.com/edgeflow/edgeflow/internal/cli"
 	"github.com/edgeflow/edgeflow/onfailure"
+	"github.com/edgeflow/edgeflow/packaging"
 	"github.com/edgeflow/edgeflow/steps/compose"
 	"github.com/edgeflow/edgeflow/steps/reboot"
 )
@@ -43,15 +44,23 @@ func applyCmd(stdout, stderr io.Writer) *cobra.Command {
 		opts          agent.ApplyOptions
 		output, level string
 		labels, vars  []string
+		keys          []string
 	)
 	cmd := &cobra.Command{
-		Use:   "apply FLOW",
-		Short: "Run a flow on this device now and print its result",
-		Long: `Run a flow on this device now and print its result.
+		Use:   "apply FLOW|BUNDLE",
+		Short: "Run a flow or a bundle on this device now and print its result",
+		Long: `Run a flow, or a bundle made by "edgeflow bundle build", on this device
+now and print its result.
+
+A bundle is verified before anything runs: its manifest's hashes and sizes,
+its expiry, the devices and labels it is for, that its release is newer
+than the one installed, and, with --trusted-key, that one of those keys
+signed it. A refused bundle runs nothing and ends Failed with an Integrity
+error, journaled like any execution.
 
 Exit status: 0 when the flow succeeded, 1 for any other end (Failed,
-RolledBack, RollbackFailed), 2 for an invalid flow or bad usage (nothing
-ran).`,
+RolledBack, RollbackFailed, a refused bundle), 2 for an invalid flow or bad
+usage (nothing ran).`,
 		Args: cli.Args(1),
 		RunE: func(cmd *cobra.Command, a []string) error {
 			if output != "text" && output != "json" {
@@ -67,6 +76,13 @@ ran).`,
 			}
 			if opts.Vars, err = agent.ParsePairs("var", vars); err != nil {
 				return err
+			}
+			for _, k := range keys {
+				pub, err := packaging.LoadPublicKey(k)
+				if err != nil {
+					return cli.Usage(fmt.Errorf("--trusted-key: %w", err))
+				}
+				opts.TrustedKeys = append(opts.TrustedKeys, pub)
 			}
 			if output == "text" {
 				opts.Observe = agent.Progress(stderr)
@@ -86,6 +102,8 @@ ran).`,
 	f.StringVar(&opts.RebootCommand, "reboot-command", reboot.DefaultCommand, "command that reboots the device (reboot steps)")
 	f.StringVar(&opts.BootIDFile, "boot-id-file", reboot.DefaultBootIDFile, "where the kernel's boot id is read (reboot steps)")
 	_ = f.MarkHidden("boot-id-file")
+	f.StringArrayVar(&keys, "trusted-key", nil, "public key (PREFIX.pub of edgeflow keygen) that may sign bundles (repeatable; with any, unsigned bundles are refused)")
+	f.BoolVar(&opts.AllowReinstall, "allow-reinstall", false, "accept a bundle of the release already installed")
 	f.StringVar(&opts.ComposeDir, "compose-dir", compose.DefaultDir, "root of the compose projects' directories (compose steps)")
 	f.Var(commandValue{&opts.ComposeCommand}, "compose-command", `the Compose CLI, such as "docker-compose" (default: "docker compose" if present, else "docker-compose")`)
 	f.StringVar(&level, "log-level", "warn", "log level on stderr: debug, info, warn, error")
