@@ -43,6 +43,8 @@ docker-api-min:
 FUZZTIME ?= 20s
 fuzz:
 	$(GO) test ./flow -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME)
+	$(GO) test ./packaging -run '^$$' -fuzz '^FuzzManifest$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./packaging -run '^$$' -fuzz '^FuzzOpen$$' -fuzztime $(FUZZTIME)
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -151,4 +152,30 @@ func TestBundleApply(t *testing.T) {
 		}
 		t.Fatalf("extracted bundles %v, want the 3 that ran", names)
 	}
+}
+
+// TestBundleResume: an agent killed while running a bundle resumes it from
+// the extracted copy, and the success after the restart records the
+// release as installed (a replay is then refused).
+func TestBundleResume(t *testing.T) {
+	t.Parallel()
+	c := newBundleCase(t)
+	v1 := c.build("v1", "v1\n", packaging.Options{Key: c.key, Version: 1})
+	// Killed right after the execution's first journal write, before its
+	// step started.
+	cmd := exec.Command(crashAgent(t), "apply", v1, "--state-dir", c.state, "--output", "json",
+		"--device-id", "dev-1", "--trusted-key", c.pubPath)
+	cmd.Env = append(os.Environ(), "EDGEFLOW_CRASH_AT=1")
+	if err := cmd.Run(); !killedBySIGKILL(err) {
+		t.Fatalf("the agent was not killed: %v", err)
+	}
+	if c.content() != "old\n" {
+		t.Fatalf("the file changed before the step ran: %q", c.content())
+	}
+	r := runAgent(t, "resume", "--state-dir", c.state, "--output", "json")
+	if res := decodeResult(t, "resume", r.stdout); r.code != 0 || res.Status != "Succeeded" || c.content() != "v1\n" {
+		t.Fatalf("resume: exit %d, status %s, file %q\n%s", r.code, res.Status, c.content(), r.stdout)
+	}
+	// The resumed success recorded the release: a replay is refused.
+	c.refused("replay after resume", c.apply(v1), "version 1", "v1\n")
 }
