@@ -169,6 +169,16 @@ func request(s *server, dir string, data []byte) Request {
 
 // checkBundle asserts that Fetch returned the bundle with the right content
 // and left no download state behind.
+// fetchOK fetches req and checks the bundle it returns holds data.
+func fetchOK(t *testing.T, req Request, data []byte) {
+	t.Helper()
+	path, err := Fetch(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkBundle(t, path, req, data)
+}
+
 func checkBundle(t *testing.T, path string, req Request, data []byte) {
 	t.Helper()
 	if want := filepath.Join(req.Dir, req.SHA256+".bundle"); path != want {
@@ -239,11 +249,7 @@ func TestFetchFull(t *testing.T) {
 	data := randomData(1, bundleSize)
 	s := newServer(t, data)
 	req := request(s, filepath.Join(t.TempDir(), "downloads"), data)
-	path, err := Fetch(context.Background(), req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	checkBundle(t, path, req, data)
+	fetchOK(t, req, data)
 	reqs := s.requests()
 	if len(reqs) != 1 || reqs[0].header.Get("Range") != "" || reqs[0].sent != bundleSize {
 		t.Fatalf("requests %+v, want one without Range", reqs)
@@ -261,11 +267,7 @@ func TestResumeWithinCall(t *testing.T) {
 		return 0, 0, false
 	})
 	req := request(s, t.TempDir(), data)
-	path, err := Fetch(context.Background(), req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	checkBundle(t, path, req, data)
+	fetchOK(t, req, data)
 	reqs := s.requests()
 	if len(reqs) != 2 {
 		t.Fatalf("%d requests, want 2", len(reqs))
@@ -298,11 +300,7 @@ func TestResumeAfterRestart(t *testing.T) {
 	}
 
 	// The agent restarts: a new call resumes from the part on disk.
-	path, err := Fetch(context.Background(), req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	checkBundle(t, path, req, data)
+	fetchOK(t, req, data)
 	reqs := s.requests()
 	if len(reqs) != 2 {
 		t.Fatalf("%d requests, want 2", len(reqs))
@@ -387,11 +385,7 @@ func TestResumeAfterSIGKILL(t *testing.T) {
 	}
 	n := partSize(t, req)
 
-	path, err := Fetch(context.Background(), req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	checkBundle(t, path, req, data)
+	fetchOK(t, req, data)
 	reqs := s.requests()
 	if len(reqs) != 2 {
 		t.Fatalf("%d requests, want 2", len(reqs))
@@ -417,11 +411,7 @@ func TestETagChangedStartsOver(t *testing.T) {
 
 	// The server now has a new version: the old half must not be kept.
 	s.set(data, `"v2"`)
-	path, err := Fetch(context.Background(), req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	checkBundle(t, path, req, data)
+	fetchOK(t, req, data)
 	reqs := s.requests()
 	if len(reqs) != 2 {
 		t.Fatalf("%d requests, want 2", len(reqs))
@@ -449,11 +439,7 @@ func TestRangeNotSatisfiableStartsOver(t *testing.T) {
 		return 0, 0, false
 	})
 	req := request(s, t.TempDir(), data)
-	path, err := Fetch(context.Background(), req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	checkBundle(t, path, req, data)
+	fetchOK(t, req, data)
 	reqs := s.requests()
 	if len(reqs) != 3 || reqs[1].header.Get("Range") != "bytes=1000-" || reqs[2].header.Get("Range") != "" {
 		t.Fatalf("requests %+v, want a cut, a 416 for bytes=1000-, and a full one", reqs)
@@ -575,11 +561,7 @@ func TestServerErrorRetried(t *testing.T) {
 		return 0, 0, false
 	})
 	req := request(s, t.TempDir(), data)
-	path, err := Fetch(context.Background(), req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	checkBundle(t, path, req, data)
+	fetchOK(t, req, data)
 	if n := len(s.requests()); n != 3 {
 		t.Errorf("%d requests, want 3", n)
 	}
@@ -742,11 +724,7 @@ func TestStalledBodyRetried(t *testing.T) {
 	})
 	req := request(s, t.TempDir(), data)
 	req.StallTimeout = 200 * time.Millisecond
-	path, err := Fetch(context.Background(), req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	checkBundle(t, path, req, data)
+	fetchOK(t, req, data)
 	// Counts only: how many bytes arrived before the stall depends on timing.
 	if n := len(s.requests()); n < 2 {
 		t.Fatalf("%d requests, want the stalled one and at least one more", n)
