@@ -26,8 +26,10 @@ import (
 	"github.com/edgeflow/edgeflow/steps/script"
 )
 
-// testHealth shortens the health wait's polling and settling.
-var testHealth = containers.Options{Interval: 200 * time.Millisecond, Settle: 500 * time.Millisecond}
+// testHealth polls often; the settle stays at 2s so that a loaded CI
+// machine cannot take the crash-looping app for stable before its first
+// restart.
+var testHealth = containers.Options{Interval: 200 * time.Millisecond, Settle: 2 * time.Second}
 
 var variants = sync.OnceValue(func() []CLI { return Variants(context.Background()) })
 

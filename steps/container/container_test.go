@@ -93,13 +93,16 @@ func step(name, image string) *flow.Step {
 	return &flow.Step{Name: "app", Container: &flow.Container{Name: name, Image: image, WaitHealthy: 60 * time.Second}}
 }
 
-// runner returns a Runner on the real engine with a short poll and settle.
+// runner returns a Runner on the real engine with a short poll. The
+// settle stays at 2s: the crash-looping test app lives about 300 ms, but a
+// loaded CI machine can take longer than that to run it to its exit, and a
+// shorter settle would take it for stable before its first restart.
 func runner(t *testing.T) *container.Runner {
 	t.Helper()
 	return &container.Runner{
 		Engine: dockertest.Engine(t),
 		Grace:  2 * time.Second,
-		Health: containers.Options{Interval: 200 * time.Millisecond, Settle: 600 * time.Millisecond},
+		Health: containers.Options{Interval: 200 * time.Millisecond, Settle: 2 * time.Second},
 	}
 }
 
