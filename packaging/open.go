@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"maps"
 	"os"
 	"path"
 	"path/filepath"
@@ -489,7 +490,7 @@ func policy(m *Manifest, opts VerifyOptions) error {
 		}
 		return refuse("bundle is for devices %s, not %s", strings.Join(m.Devices, ", "), id)
 	}
-	for _, k := range sortedKeys(m.Labels) {
+	for _, k := range slices.Sorted(maps.Keys(m.Labels)) {
 		if got, ok := opts.Labels[k]; !ok || got != m.Labels[k] {
 			if !ok {
 				return refuse("bundle is for devices with label %s=%s; this device has no label %s", k, m.Labels[k], k)
@@ -504,13 +505,4 @@ func policy(m *Manifest, opts VerifyOptions) error {
 		return refuse("bundle for flow %q is version %d, which is already installed (allow a reinstall to run it again)", m.Flow, m.Version)
 	}
 	return nil
-}
-
-func sortedKeys(m map[string]string) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	return keys
 }

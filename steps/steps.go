@@ -1,7 +1,9 @@
 // Package steps is the contract between the engine and the step types: the
 // environment a step runs in, the Runner every step type implements, and the
 // Undoer a step type with a built-in undo implements. One package per step
-// type lives below it (file, script, verify).
+// type lives below it (file, script, verify, reboot, compose, container),
+// beside what the Docker steps share (containers: the engine interface and
+// the health wait; docker: the one package on the Docker SDK).
 //
 // A Runner must:
 //   - journal its undo data with Env.SaveUndo before it changes the device;

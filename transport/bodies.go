@@ -3,6 +3,7 @@ package transport
 import (
 	"fmt"
 	"net/url"
+	"slices"
 	"time"
 	"unicode/utf8"
 
@@ -49,14 +50,7 @@ var Statuses = []Status{
 }
 
 // Valid reports whether s is one of Statuses.
-func (s Status) Valid() bool {
-	for _, v := range Statuses {
-		if s == v {
-			return true
-		}
-	}
-	return false
-}
+func (s Status) Valid() bool { return slices.Contains(Statuses, s) }
 
 // Done reports whether s is a status in which a step, action or flow has
 // ended (every status but Pending, Running and Paused).

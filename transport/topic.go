@@ -3,6 +3,7 @@ package transport
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"unicode/utf8"
 )
@@ -35,14 +36,7 @@ const (
 var Channels = []Channel{ChannelCommands, ChannelEvents, ChannelAcks, ChannelPresence}
 
 // Valid reports whether c is one of Channels.
-func (c Channel) Valid() bool {
-	for _, v := range Channels {
-		if c == v {
-			return true
-		}
-	}
-	return false
-}
+func (c Channel) Valid() bool { return slices.Contains(Channels, c) }
 
 // Topics builds and parses topics under one prefix. The zero value uses
 // DefaultPrefix.

@@ -121,7 +121,7 @@ func TestBundleApply(t *testing.T) {
 	c.refused("unsigned", c.apply(c.build("unsigned", "x\n", packaging.Options{Version: 3})), "unsigned", "v2\n")
 	// Signed by another key.
 	other, _, _ := packaging.GenerateKey()
-	c.refused("other key", c.apply(c.build("other", "x\n", packaging.Options{Key: other, Version: 3})), "key", "v2\n")
+	c.refused("other key", c.apply(c.build("other", "x\n", packaging.Options{Key: other, Version: 3})), "unknown key", "v2\n")
 	// Expired.
 	c.refused("expired", c.apply(c.build("expired", "x\n", packaging.Options{Key: c.key, Version: 3, Created: time.Now().Add(-2 * time.Hour), Expires: time.Now().Add(-time.Hour)})), "expired", "v2\n")
 	// For another device.

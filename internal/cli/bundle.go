@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -310,7 +311,7 @@ func InspectBundle(stdout io.Writer, file string) error {
 	if len(m.Devices) > 0 {
 		fmt.Fprintf(w, "devices:\t%s\n", strings.Join(m.Devices, ", "))
 	}
-	for _, k := range sortedLabels(m.Labels) {
+	for _, k := range slices.Sorted(maps.Keys(m.Labels)) {
 		fmt.Fprintf(w, "label:\t%s=%s\n", k, m.Labels[k])
 	}
 	fmt.Fprintf(w, "entries:\t%d, %d bytes\n", len(m.Entries), m.TotalSize())
@@ -328,13 +329,4 @@ func orNone(s string) string {
 		return "none"
 	}
 	return s
-}
-
-func sortedLabels(m map[string]string) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	return keys
 }
