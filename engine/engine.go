@@ -70,17 +70,34 @@ type Preflighter interface {
 	Preflight(s *flow.Step, root string) error
 }
 
-// Event is a progress report: a step, rollback action or pause changed, or
-// the flow ended.
+// Event is a progress report: the execution started, a step, rollback
+// action or pause changed, a pause was answered, or the flow ended.
 type Event struct {
-	Type    EventType
-	Step    string
-	Group   string
-	Status  Status
-	Attempt int
-	Action  string
+	Type EventType
+	// Execution is the execution's id; every event carries it.
+	Execution string
+	Step      string
+	Group     string
+	// Rollback is "flow" or the group's name for a rollback step.
+	Rollback string
+	Status   Status
+	Attempt  int
+	// Action is a rollback action's name (EventAction) or the guidance
+	// applied (EventResume).
+	Action string
+	// Trigger is a rollback action's trigger.
+	Trigger string
 	Error   *ErrorInfo
 	Elapsed time.Duration
+	// Marked is set on a step whose failure MarkAsSuccess resolved.
+	Marked bool
+	// Until is when a pause times out (EventPause).
+	Until time.Time
+	// By is who gave the guidance (EventResume).
+	By string
+	// Resumed is set on the EventStart of an execution resumed after an
+	// agent restart.
+	Resumed bool
 }
 
 // EventType says what an Event is about.
@@ -88,9 +105,11 @@ type EventType string
 
 // Event types.
 const (
+	EventStart  EventType = "start"
 	EventStep   EventType = "step"
 	EventAction EventType = "action"
 	EventPause  EventType = "pause"
+	EventResume EventType = "resume"
 	EventFlow   EventType = "flow"
 )
 

@@ -163,6 +163,7 @@ func (r *run) save() error {
 
 func (r *run) observe(ev Event) {
 	if r.e.opts.Observe != nil {
+		ev.Execution = r.rec.ID
 		r.e.opts.Observe(ev)
 	}
 }
@@ -189,6 +190,7 @@ func (r *run) execute(ctx context.Context, resuming bool) (*Result, error) {
 	if err := r.save(); err != nil {
 		return nil, &JournalError{Err: err}
 	}
+	r.observe(Event{Type: EventStart, Status: Running, Resumed: resuming})
 	if resuming {
 		r.finishPending()
 		if r.root.Err() != nil {
@@ -516,7 +518,8 @@ func (r *run) setStep(sr *StepRecord, status Status, err error) {
 		sr.EndedAt = &now
 	}
 	_ = r.saveLocked()
-	ev := Event{Type: EventStep, Step: sr.Name, Group: sr.Group, Status: status, Attempt: sr.Attempts, Error: sr.Error, Elapsed: sr.Elapsed}
+	ev := Event{Type: EventStep, Step: sr.Name, Group: sr.Group, Rollback: sr.Rollback, Status: status,
+		Attempt: sr.Attempts, Error: sr.Error, Elapsed: sr.Elapsed, Marked: sr.Marked}
 	r.mu.Unlock()
 	if status.Done() {
 		r.log.Info("step finished", "step", sr.Name, "status", status, "attempt", sr.Attempts)
@@ -746,7 +749,7 @@ func (r *run) attempt(ctx context.Context, s *flow.Step, sr *StepRecord) error {
 		return &JournalError{Err: err}
 	}
 	r.log.Info("step started", "step", s.Name, "attempt", attemptNo)
-	r.observe(Event{Type: EventStep, Step: s.Name, Group: sr.Group, Status: Running, Attempt: attemptNo})
+	r.observe(Event{Type: EventStep, Step: s.Name, Group: sr.Group, Rollback: sr.Rollback, Status: Running, Attempt: attemptNo})
 
 	env, err := r.env(s, ps, attemptNo, undo, sr)
 	if err == nil {
@@ -1027,7 +1030,13 @@ func (r *run) pause(ctx context.Context, name string, m *onfailure.ManualPolicy,
 	_ = r.saveLocked()
 	r.mu.Unlock()
 	r.log.Warn("paused for guidance", "step", name, "timeout", m.Timeout, "onTimeout", m.OnTimeout)
-	r.observe(Event{Type: EventPause, Step: name, Status: Paused})
+	pev := Event{Type: EventPause, Status: Paused, Error: errorInfo(cause), Until: deadline}
+	if sr != nil {
+		pev.Step, pev.Group = name, sr.Group
+	} else {
+		pev.Group = name
+	}
+	r.observe(pev)
 
 	t := time.NewTimer(time.Until(deadline))
 	defer t.Stop()
@@ -1058,6 +1067,10 @@ func (r *run) pause(ctx context.Context, name string, m *onfailure.ManualPolicy,
 	}
 	_ = r.saveLocked()
 	r.mu.Unlock()
+	if act != interrupted {
+		rev := Event{Type: EventResume, Step: pev.Step, Group: pev.Group, Status: Running, Action: string(act), By: gd.By}
+		r.observe(rev)
+	}
 	if act == onfailure.Exclude {
 		return onfailure.Abort
 	}
@@ -1241,7 +1254,7 @@ func (r *run) endAction(i int, status Status, err error) {
 	a := &r.rec.Actions[i]
 	a.Status = status
 	a.Error = errorInfo(err)
-	ev := Event{Type: EventAction, Step: a.Step, Action: a.Action, Status: status, Error: a.Error}
+	ev := Event{Type: EventAction, Step: a.Step, Action: a.Action, Trigger: a.Trigger, Status: status, Error: a.Error}
 	_ = r.saveLocked()
 	r.mu.Unlock()
 	if err != nil {

@@ -21,6 +21,15 @@
 //	logs         <id>/<step>/<attempt>    output of one attempt of a step (opaque bytes)
 //	installed    <flow name>              release version of the last bundle of that flow
 //	                                      that succeeded here, decimal ("12")
+//	meta         outbox-seq               the last event sequence number given, decimal
+//	meta         outbox-acked             the highest sequence number acknowledged, decimal
+//	outbox       <seq, 20 digits>         an event not yet acknowledged (opaque bytes)
+//	meta         commands-seq             the last command record order given, decimal
+//	meta         commands-n               how many command records there are, decimal
+//	commands     <message id>             <order, 20 digits> + a dispatch or command handled
+//	                                      (opaque bytes); at most MaxCommands, oldest dropped
+//	meta         queue-seq                the last queue position given, decimal
+//	queue        <position, 20 digits>    a dispatch waiting or running (opaque bytes)
 //
 // Execution ids are made by the caller and sort by start time, so
 // [Journal.Executions] lists them oldest first. Attempts are written
@@ -83,9 +92,17 @@ var (
 	bucketExecutions = []byte("executions")
 	bucketLogs       = []byte("logs")
 	bucketInstalled  = []byte("installed")
+	bucketOutbox     = []byte("outbox")
+	bucketCommands   = []byte("commands")
+	bucketQueue      = []byte("queue")
 
-	keySchema  = []byte("schema")
-	keyCurrent = []byte("current")
+	keySchema      = []byte("schema")
+	keyCurrent     = []byte("current")
+	keyOutboxSeq   = []byte("outbox-seq")
+	keyOutboxAcked = []byte("outbox-acked")
+	keyQueueSeq    = []byte("queue-seq")
+	keyCommandsSeq = []byte("commands-seq")
+	keyCommandsN   = []byte("commands-n")
 )
 
 // migrations upgrade a file from the version of the key to the next one,
@@ -306,7 +323,9 @@ func (j *Journal) prepare() (err error) {
 func (j *Journal) ensureBuckets() error {
 	missing := false
 	_ = j.db.View(func(tx *bolt.Tx) error {
-		missing = tx.Bucket(bucketExecutions) == nil || tx.Bucket(bucketLogs) == nil || tx.Bucket(bucketInstalled) == nil
+		for _, b := range dataBuckets {
+			missing = missing || tx.Bucket(b) == nil
+		}
 		return nil
 	})
 	if !missing {
@@ -318,8 +337,13 @@ func (j *Journal) ensureBuckets() error {
 	return nil
 }
 
+// dataBuckets are the buckets beside meta. A bucket added within schema
+// version 1 is created when a file that lacks it is opened; older agents
+// ignore it.
+var dataBuckets = [][]byte{bucketExecutions, bucketLogs, bucketInstalled, bucketOutbox, bucketCommands, bucketQueue}
+
 func createBuckets(tx *bolt.Tx) error {
-	for _, b := range [][]byte{bucketExecutions, bucketLogs, bucketInstalled} {
+	for _, b := range dataBuckets {
 		if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 			return fmt.Errorf("create bucket %s: %w", b, err)
 		}
