@@ -54,6 +54,9 @@ type Config struct {
 	// empty means the one the device has, `docker compose` preferred.
 	ComposeCommand []string
 	Logger         *slog.Logger
+	// NoControl leaves the control socket to the caller (the daemon
+	// serves it for its whole life, not per execution).
+	NoControl bool
 }
 
 // UsageError is bad input from the user: an invalid flow, a variable the
@@ -115,7 +118,7 @@ func Apply(ctx context.Context, opts ApplyOptions) (*engine.Result, error) {
 	if err != nil {
 		return nil, &UsageError{Err: err}
 	}
-	s, err := openSession(opts.Config, opts.Vars, opts.Observe, nil)
+	s, err := openSession(opts.Config, nil, opts.Vars, opts.Observe, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -143,15 +146,20 @@ func Resume(ctx context.Context, cfg Config, observe func(engine.Event)) (*engin
 	if err != nil {
 		return nil, err
 	}
-	var saved settings
-	if len(rec.Agent) > 0 {
-		if err := json.Unmarshal(rec.Agent, &saved); err != nil {
-			return nil, fmt.Errorf("execution %s: agent settings: %w", rec.ID, err)
-		}
+	return resume(ctx, cfg, nil, rec, observe, nil)
+}
+
+// resume continues rec, the unfinished execution, in a session on j (nil:
+// the session opens the state dir's journal); ready, if set, receives the
+// engine before it resumes.
+func resume(ctx context.Context, cfg Config, j *journal.Journal, rec *engine.Record, observe func(engine.Event), ready func(*engine.Engine)) (*engine.Result, error) {
+	saved, err := savedSettings(rec)
+	if err != nil {
+		return nil, err
 	}
 	saved.apply(&cfg)
-	s, err := openSession(cfg, nil, observe, func(s *session) error {
-		s.release = saved.Release
+	s, err := openSession(cfg, j, nil, observe, func(s *session) error {
+		s.release, s.dispatch = saved.Release, saved.Dispatch
 		return nil
 	})
 	if err != nil {
@@ -164,9 +172,23 @@ func Resume(ctx context.Context, cfg Config, observe func(engine.Event)) (*engin
 	}
 	f.Dir = rec.Dir
 	s.log.Info("resuming execution", "execution", rec.ID, "flow", rec.Flow)
+	if ready != nil {
+		ready(s.eng)
+	}
 	res, err := s.eng.Resume(ctx, f, rec)
 	s.done(err)
 	return res, err
+}
+
+// savedSettings reads the agent settings journaled with rec.
+func savedSettings(rec *engine.Record) (settings, error) {
+	var saved settings
+	if len(rec.Agent) > 0 {
+		if err := json.Unmarshal(rec.Agent, &saved); err != nil {
+			return saved, fmt.Errorf("execution %s: agent settings: %w", rec.ID, err)
+		}
+	}
+	return saved, nil
 }
 
 // settings are the agent settings journaled with an execution.
@@ -179,6 +201,15 @@ type settings struct {
 	ComposeCommand []string      `json:"composeCommand,omitempty"`
 	// Release is the bundle the execution runs, if it came in one.
 	Release *release `json:"release,omitempty"`
+	// Dispatch is the controller's dispatch the execution runs, when the
+	// daemon runs it.
+	Dispatch *dispatchRef `json:"dispatch,omitempty"`
+}
+
+// dispatchRef names the dispatch an execution runs.
+type dispatchRef struct {
+	ID         string `json:"id"`
+	Deployment string `json:"deployment"`
 }
 
 func settingsOf(c Config) settings {
@@ -236,40 +267,51 @@ type session struct {
 	// release is the bundle the session runs, if any: its version is
 	// recorded as installed when the execution succeeds.
 	release *release
+	// dispatch is the controller's dispatch the session runs, if any.
+	dispatch *dispatchRef
+	// ownJournal is set when the session opened j (and closes it).
+	ownJournal bool
 }
 
-// openSession opens the state dir's journal, runs prepare (if not nil) on
-// the session before the engine is built, so that it can set what the
-// execution journals with its settings (the bundle's release), and starts
-// the engine and the control socket.
-func openSession(cfg Config, vars map[string]string, observe func(engine.Event), prepare func(*session) error) (*session, error) {
+// openSession opens the state dir's journal (or uses j, which the caller
+// keeps open), runs prepare (if not nil) on the session before the engine
+// is built, so that it can set what the execution journals with its
+// settings (the bundle's release, the dispatch), and starts the engine
+// and, unless cfg.NoControl, the control socket.
+func openSession(cfg Config, j *journal.Journal, vars map[string]string, observe func(engine.Event), prepare func(*session) error) (*session, error) {
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	j, err := journal.Open(cfg.StateDir, journal.Options{Logger: log})
-	if err != nil {
-		return nil, err
-	}
-	s := &session{cfg: cfg, log: log, j: j}
-	if prepare != nil {
-		if err := prepare(s); err != nil {
-			j.Close()
+	own := j == nil
+	if own {
+		var err error
+		if j, err = journal.Open(cfg.StateDir, journal.Options{Logger: log}); err != nil {
 			return nil, err
 		}
 	}
+	s := &session{cfg: cfg, log: log, j: j, ownJournal: own}
+	fail := func(err error) (*session, error) {
+		if own {
+			j.Close()
+		}
+		return nil, err
+	}
+	if prepare != nil {
+		if err := prepare(s); err != nil {
+			return fail(err)
+		}
+	}
 	st := settingsOf(cfg)
-	st.Release = s.release
+	st.Release, st.Dispatch = s.release, s.dispatch
 	agentData, err := json.Marshal(st)
 	if err != nil {
-		j.Close()
-		return nil, err
+		return fail(err)
 	}
 	// The Docker client connects lazily: a device without Docker runs
 	// every other step, and a Docker step fails with Connectivity.
 	if s.docker, err = docker.New(); err != nil {
-		j.Close()
-		return nil, err
+		return fail(err)
 	}
 	s.eng = engine.New(engine.Options{
 		AgentData: agentData,
@@ -283,10 +325,11 @@ func openSession(cfg Config, vars map[string]string, observe func(engine.Event),
 		Logger:    log,
 		Observe:   observe,
 	})
-	if s.ctl, err = ServeControl(cfg.StateDir, s.eng, log); err != nil {
-		s.docker.Close()
-		j.Close()
-		return nil, err
+	if !cfg.NoControl {
+		if s.ctl, err = ServeControl(cfg.StateDir, s.eng, log); err != nil {
+			s.docker.Close()
+			return fail(err)
+		}
 	}
 	return s, nil
 }
@@ -302,11 +345,16 @@ func (s *session) done(runErr error) {
 }
 
 func (s *session) close() {
-	if err := s.ctl.Close(); err != nil {
-		s.log.Warn("close control socket", "error", err)
+	if s.ctl != nil {
+		if err := s.ctl.Close(); err != nil {
+			s.log.Warn("close control socket", "error", err)
+		}
 	}
 	if err := s.docker.Close(); err != nil {
 		s.log.Warn("close docker client", "error", err)
+	}
+	if !s.ownJournal {
+		return
 	}
 	if err := s.j.Close(); err != nil {
 		s.log.Error("close journal", "error", err)

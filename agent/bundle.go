@@ -36,66 +36,95 @@ type release struct {
 // runs nothing: it is journaled and reported as a Failed execution with
 // the refusal's Integrity error.
 func applyBundle(ctx context.Context, opts ApplyOptions) (*engine.Result, error) {
-	name := bundleFlowName(opts.Flow)
-	var (
-		f       *flow.Flow
-		dir     string
-		refused error // an Integrity refusal, journaled once the engine is up
-	)
-	s, err := openSession(opts.Config, opts.Vars, opts.Observe, func(s *session) error {
-		installed, _, err := s.j.Installed(name)
-		if err != nil {
-			return err
-		}
-		root := filepath.Join(opts.StateDir, BundlesDir)
-		if err := os.MkdirAll(root, 0o700); err != nil {
-			return onfailure.Wrap("bundles dir", err)
-		}
-		dir = filepath.Join(root, time.Now().UTC().Format("20060102T150405Z")+"-"+randomHex(4))
-		b, err := packaging.Extract(opts.Flow, dir, packaging.VerifyOptions{
-			Trusted: opts.TrustedKeys, DeviceID: opts.DeviceID, Labels: opts.Labels,
-			Installed: installed, AllowReinstall: opts.AllowReinstall,
-		})
-		if err == nil && b.Manifest.Flow != name {
-			err = onfailure.Errorf(onfailure.Integrity, "bundle %s: its manifest changed while it was read", opts.Flow)
-		}
-		if err == nil {
-			if f, err = flow.Load(b.FlowPath()); err != nil {
-				_ = os.RemoveAll(dir)
-				return &UsageError{Err: err}
-			}
-			if f.Name != b.Manifest.Flow {
-				err = onfailure.Errorf(onfailure.Integrity, "bundle %s: the manifest is for flow %q, the flow document is %q", opts.Flow, b.Manifest.Flow, f.Name)
-			}
-		}
-		if err != nil {
-			_ = os.RemoveAll(dir)
-			if onfailure.KindOf(err) != onfailure.Integrity {
-				return err
-			}
-			refused = err
-			return nil
-		}
-		s.release = &release{Flow: f.Name, Version: b.Manifest.Version}
-		return nil
+	var x *extracted
+	s, err := openSession(opts.Config, nil, opts.Vars, opts.Observe, func(s *session) (err error) {
+		x, err = extractBundle(s, opts.Flow, bundlePolicy{TrustedKeys: opts.TrustedKeys, AllowReinstall: opts.AllowReinstall})
+		return err
 	})
 	if err != nil {
 		return nil, err
 	}
 	defer s.close()
-	if refused != nil {
-		res, jerr := s.eng.Reject(name, refused)
+	if x.refused != nil {
+		res, jerr := s.eng.Reject(x.name, x.refused)
 		s.done(jerr)
 		return res, jerr
 	}
-	res, err := s.eng.Run(ctx, f)
+	res, err := s.eng.Run(ctx, x.flow)
 	var pe *engine.PreflightError
 	if errors.As(err, &pe) {
-		_ = os.RemoveAll(dir)
+		_ = os.RemoveAll(x.dir)
 		return nil, &UsageError{Err: err}
 	}
 	s.done(err)
 	return res, err
+}
+
+// bundlePolicy is what a device accepts of a bundle beyond its own
+// identity (device id and labels, from the session's config).
+type bundlePolicy struct {
+	// TrustedKeys may sign bundles; with any, a bundle must be signed by
+	// one of them.
+	TrustedKeys []packaging.PublicKey
+	// AllowReinstall accepts a bundle of the release already installed.
+	AllowReinstall bool
+}
+
+// extracted is a bundle verified and extracted for a session, or refused.
+type extracted struct {
+	// name is the flow name the bundle claims (its refusal is journaled
+	// under it).
+	name string
+	flow *flow.Flow
+	// dir is where it was extracted.
+	dir string
+	// refused is the Integrity error of a bundle the policy refuses;
+	// flow is nil then.
+	refused error
+}
+
+// extractBundle verifies the bundle at path against the device's policy
+// and extracts it under the state dir; it sets the session's release. A
+// refusal is returned in extracted.refused (nothing is left behind); an
+// error is a failure to check at all (the journal, the disk) or an
+// invalid flow document (*UsageError).
+func extractBundle(s *session, path string, p bundlePolicy) (*extracted, error) {
+	x := &extracted{name: bundleFlowName(path)}
+	installed, _, err := s.j.Installed(x.name)
+	if err != nil {
+		return nil, err
+	}
+	root := filepath.Join(s.cfg.StateDir, BundlesDir)
+	if err := os.MkdirAll(root, 0o700); err != nil {
+		return nil, onfailure.Wrap("bundles dir", err)
+	}
+	x.dir = filepath.Join(root, time.Now().UTC().Format("20060102T150405Z")+"-"+randomHex(4))
+	b, err := packaging.Extract(path, x.dir, packaging.VerifyOptions{
+		Trusted: p.TrustedKeys, DeviceID: s.cfg.DeviceID, Labels: s.cfg.Labels,
+		Installed: installed, AllowReinstall: p.AllowReinstall,
+	})
+	if err == nil && b.Manifest.Flow != x.name {
+		err = onfailure.Errorf(onfailure.Integrity, "bundle %s: its manifest changed while it was read", path)
+	}
+	if err == nil {
+		if x.flow, err = flow.Load(b.FlowPath()); err != nil {
+			_ = os.RemoveAll(x.dir)
+			return nil, &UsageError{Err: err}
+		}
+		if x.flow.Name != b.Manifest.Flow {
+			err = onfailure.Errorf(onfailure.Integrity, "bundle %s: the manifest is for flow %q, the flow document is %q", path, b.Manifest.Flow, x.flow.Name)
+		}
+	}
+	if err != nil {
+		_ = os.RemoveAll(x.dir)
+		if onfailure.KindOf(err) != onfailure.Integrity {
+			return nil, err
+		}
+		x.flow, x.refused = nil, err
+		return x, nil
+	}
+	s.release = &release{Flow: x.flow.Name, Version: b.Manifest.Version}
+	return x, nil
 }
 
 // bundleFlowName is the flow name the bundle's manifest claims (checked

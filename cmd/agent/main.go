@@ -1,5 +1,6 @@
-// Command edgeflow-agent runs update flows on an edge device: offline with
-// apply, or (later) as a daemon that receives them from a controller.
+// Command edgeflow-agent runs update flows on an edge device: as a daemon
+// that receives them from a controller over MQTT (run), or offline with
+// apply.
 package main
 
 import (
@@ -35,7 +36,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.AddCommand(applyCmd(stdout, stderr), resumeCmd(stdout, stderr), cli.ValidateCommand(stdout), guideCmd(stdout), markFailedCmd(stdout), statusCmd(stdout))
+	root.AddCommand(runCmd(stderr), applyCmd(stdout, stderr), resumeCmd(stdout, stderr), cli.ValidateCommand(stdout), guideCmd(stdout), markFailedCmd(stdout), statusCmd(stdout))
 	return cli.Run(root, args, stderr)
 }
 
