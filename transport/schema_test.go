@@ -1,9 +1,7 @@
 package transport_test
 
 import (
-	"bytes"
 	"encoding/json"
-	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -12,8 +10,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/santhosh-tekuri/jsonschema/v6"
-
+	"github.com/edgeflow/edgeflow/internal/schematest"
 	"github.com/edgeflow/edgeflow/onfailure"
 	"github.com/edgeflow/edgeflow/transport"
 )
@@ -22,109 +19,16 @@ import (
 // examples.
 const goldenDir = "../testdata/messages"
 
-// validators compiles the embedded schemas as published and, with strict,
-// with "unevaluatedProperties": false added to every object schema that
-// lists properties: a message valid under the strict schemas has no field
-// the schemas do not document.
-type validators struct {
-	loose, strict map[string]*jsonschema.Schema
-}
+type validators = *schematest.Validators
 
-func compile(t *testing.T) validators {
-	t.Helper()
-	files, err := fs.Glob(transport.Schemas, "*.json")
-	if err != nil || len(files) == 0 {
-		t.Fatalf("schemas: %v %v", files, err)
-	}
-	build := func(strict bool) map[string]*jsonschema.Schema {
-		c := jsonschema.NewCompiler()
-		c.AssertFormat()
-		for _, f := range files {
-			data, err := fs.ReadFile(transport.Schemas, f)
-			if err != nil {
-				t.Fatal(err)
-			}
-			doc, err := jsonschema.UnmarshalJSON(bytes.NewReader(data))
-			if err != nil {
-				t.Fatalf("%s: %v", f, err)
-			}
-			if id := doc.(map[string]any)["$id"]; id != transport.SchemaBaseURL+f {
-				t.Errorf("%s: $id %v", f, id)
-			}
-			if strict {
-				tighten(doc, true)
-			}
-			if err := c.AddResource(transport.SchemaBaseURL+f, doc); err != nil {
-				t.Fatal(err)
-			}
-		}
-		out := map[string]*jsonschema.Schema{}
-		for _, f := range files {
-			s, err := c.Compile(transport.SchemaBaseURL + f)
-			if err != nil {
-				t.Fatalf("compile %s: %v", f, err)
-			}
-			out[f] = s
-		}
-		return out
-	}
-	return validators{loose: build(false), strict: build(true)}
-}
-
-func tighten(v any, root bool) {
-	switch v := v.(type) {
-	case map[string]any:
-		if _, ok := v["properties"]; ok && (root || v["type"] == "object") {
-			v["unevaluatedProperties"] = false
-		}
-		for k, x := range v {
-			if k != "const" && k != "enum" {
-				tighten(x, false)
-			}
-		}
-	case []any:
-		for _, x := range v {
-			tighten(x, false)
-		}
-	}
-}
-
-// validate checks data against the envelope schema and its type's schema.
-func (vs validators) validate(t *testing.T, data []byte, strict bool) {
-	t.Helper()
-	if err := vs.check(data, strict); err != nil {
-		t.Errorf("schemas (strict %v) refuse %s:\n%v", strict, data, err)
-	}
-}
-
-func (vs validators) check(data []byte, strict bool) error {
-	set := vs.loose
-	if strict {
-		set = vs.strict
-	}
-	inst, err := jsonschema.UnmarshalJSON(bytes.NewReader(data))
-	if err != nil {
-		return err
-	}
-	ty, _ := inst.(map[string]any)["type"].(string)
-	for _, f := range []string{"envelope.json", transport.SchemaFile(transport.Type(ty))} {
-		s := set[f]
-		if s == nil {
-			return fmt.Errorf("no schema %s", f)
-		}
-		if err := s.Validate(inst); err != nil {
-			return fmt.Errorf("%s: %w", f, err)
-		}
-	}
-	return nil
-}
+func compile(t *testing.T) validators { return schematest.Compile(t) }
 
 func TestEmittedMessagesMatchSchemas(t *testing.T) {
 	vs := compile(t)
 	for name, body := range bodies() {
 		t.Run(name, func(t *testing.T) {
 			_, data := encoded(t, body, 1)
-			vs.validate(t, data, true)
+			vs.Validate(t, data)
 		})
 	}
 }
@@ -162,8 +66,10 @@ func TestGoldenMessages(t *testing.T) {
 			// Golden files with fields from the future pass the published
 			// schemas; the others document every field they use.
 			future := strings.Contains(f, "future")
-			vs.validate(t, data, !future)
-			if future && vs.check(data, true) == nil {
+			if err := vs.Check(data, !future); err != nil {
+				t.Errorf("schemas refuse %s:\n%v", data, err)
+			}
+			if future && vs.Check(data, true) == nil {
 				t.Error("the strict schemas accept fields they do not document")
 			}
 			// What the code emits for the decoded message is valid too.
@@ -171,7 +77,7 @@ func TestGoldenMessages(t *testing.T) {
 			if err != nil {
 				t.Fatalf("re-encode: %v", err)
 			}
-			vs.validate(t, again, true)
+			vs.Validate(t, again)
 		})
 	}
 	for _, ty := range transport.Types {
@@ -226,13 +132,7 @@ func TestSchemasAgreeWithDecode(t *testing.T) {
 			if _, err := transport.DecodeMessage(data); err == nil {
 				t.Errorf("Decode accepted %s", data)
 			}
-			inst, _ := jsonschema.UnmarshalJSON(bytes.NewReader(data))
-			ty, _ := m["type"].(string)
-			ok := vs.loose["envelope.json"].Validate(inst) == nil
-			if s := vs.loose[transport.SchemaFile(transport.Type(ty))]; s != nil {
-				ok = ok && s.Validate(inst) == nil
-			}
-			if ok {
+			if vs.Check(data, false) == nil {
 				t.Errorf("schemas accepted %s", data)
 			}
 		})
@@ -334,7 +234,7 @@ func TestProtocolDocExamples(t *testing.T) {
 			continue
 		}
 		seen[m.Type] = true
-		vs.validate(t, []byte(example), true)
+		vs.Validate(t, []byte(example))
 	}
 	for _, ty := range transport.Types {
 		if !seen[ty] {
