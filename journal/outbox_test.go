@@ -157,3 +157,30 @@ func TestQueueOrderAndCommands(t *testing.T) {
 		return nil
 	})
 }
+
+// BenchmarkOutboxAppendAck is the cost of one reported event on the
+// device: an fsynced append, then an fsynced cumulative ack.
+//
+//	go test -run '^$' -bench Outbox -benchmem ./journal/
+func BenchmarkOutboxAppendAck(b *testing.B) {
+	j, err := Open(b.TempDir(), Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer j.Close()
+	payload := make([]byte, 512)
+	b.ReportAllocs()
+	for b.Loop() {
+		var seq uint64
+		err := j.Update(func(tx *Tx) (err error) {
+			seq, err = tx.AppendEvent(func(uint64) ([]byte, error) { return payload, nil })
+			return err
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := j.Ack(seq); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
