@@ -88,6 +88,8 @@ type Daemon struct {
 	j      *journal.Journal
 	client *mqtt.Client
 	caps   *transport.Capabilities
+	// stream names the journal's event stream (presence.stream).
+	stream string
 
 	workWake     chan struct{}
 	sendWake     chan struct{}
@@ -166,8 +168,13 @@ func NewDaemon(opts DaemonOptions) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
+	stream, err := j.OutboxStream()
+	if err != nil {
+		j.Close()
+		return nil, err
+	}
 	return &Daemon{
-		opts: opts, log: log, topics: topics, j: j,
+		opts: opts, log: log, topics: topics, j: j, stream: stream,
 		workWake: make(chan struct{}, 1), sendWake: make(chan struct{}, 1),
 		connected: make(chan struct{}, 1), presenceWake: make(chan struct{}, 1),
 	}, nil
@@ -203,11 +210,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 		Username: d.opts.Username, Password: d.opts.Password,
 		Will:          &mqtt.Will{Topic: willTopic, Payload: will, Retained: true},
 		Subscriptions: []string{cmdTopic, ackTopic},
-		OnConnect: func() {
-			wake(d.connected)
-			wake(d.presenceWake)
-		},
-		Logger: d.log,
+		OnConnect:     func() { wake(d.connected) },
+		Logger:        d.log,
 	})
 	if err != nil {
 		return &UsageError{Err: err}
@@ -528,6 +532,8 @@ func (d *Daemon) send(ctx context.Context) {
 			timer.Stop()
 			return
 		case <-d.connected:
+			// Presence first: it names the stream the events belong to.
+			d.publishPresence(ctx)
 			sent = 0
 		case <-timer.C:
 			armed = false
@@ -586,26 +592,31 @@ func (d *Daemon) publishFrom(ctx context.Context, topic string, seq uint64) uint
 
 // ---- presence ----
 
-// announce publishes the retained presence on every connect and whenever
-// the running execution changes.
+// announce publishes the retained presence whenever the running
+// execution changes (send publishes it on every connect).
 func (d *Daemon) announce(ctx context.Context) {
-	topic, _ := d.topics.Topic(d.opts.DeviceID, transport.ChannelPresence)
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-d.presenceWake:
 		}
-		data, err := d.presence(transport.Online)
-		if err != nil {
-			d.log.Error("presence", "error", err)
-			continue
-		}
-		pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		if err := d.client.Publish(pctx, topic, data, true); err != nil {
-			d.log.Warn("publish presence", "error", err)
-		}
-		cancel()
+		d.publishPresence(ctx)
+	}
+}
+
+// publishPresence publishes the online presence, retained.
+func (d *Daemon) publishPresence(ctx context.Context) {
+	topic, _ := d.topics.Topic(d.opts.DeviceID, transport.ChannelPresence)
+	data, err := d.presence(transport.Online)
+	if err != nil {
+		d.log.Error("presence", "error", err)
+		return
+	}
+	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := d.client.Publish(pctx, topic, data, true); err != nil {
+		d.log.Warn("publish presence", "error", err)
 	}
 }
 
@@ -613,6 +624,7 @@ func (d *Daemon) presence(status string) ([]byte, error) {
 	p := &transport.Presence{Status: status, Agent: d.opts.Version}
 	if status == transport.Online {
 		p.Protocol = []int{transport.Version}
+		p.Stream = d.stream
 		p.Labels = d.opts.Labels
 		p.Capabilities = d.caps
 		d.mu.Lock()

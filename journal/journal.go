@@ -23,6 +23,7 @@
 //	                                      that succeeded here, decimal ("12")
 //	meta         outbox-seq               the last event sequence number given, decimal
 //	meta         outbox-acked             the highest sequence number acknowledged, decimal
+//	meta         outbox-stream            the name of the event stream (32 hex digits)
 //	outbox       <seq, 20 digits>         an event not yet acknowledged (opaque bytes)
 //	meta         commands-seq             the last command record order given, decimal
 //	meta         commands-n               how many command records there are, decimal
@@ -96,13 +97,14 @@ var (
 	bucketCommands   = []byte("commands")
 	bucketQueue      = []byte("queue")
 
-	keySchema      = []byte("schema")
-	keyCurrent     = []byte("current")
-	keyOutboxSeq   = []byte("outbox-seq")
-	keyOutboxAcked = []byte("outbox-acked")
-	keyQueueSeq    = []byte("queue-seq")
-	keyCommandsSeq = []byte("commands-seq")
-	keyCommandsN   = []byte("commands-n")
+	keySchema       = []byte("schema")
+	keyCurrent      = []byte("current")
+	keyOutboxSeq    = []byte("outbox-seq")
+	keyOutboxAcked  = []byte("outbox-acked")
+	keyOutboxStream = []byte("outbox-stream")
+	keyQueueSeq     = []byte("queue-seq")
+	keyCommandsSeq  = []byte("commands-seq")
+	keyCommandsN    = []byte("commands-n")
 )
 
 // migrations upgrade a file from the version of the key to the next one,

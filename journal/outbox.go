@@ -2,6 +2,8 @@ package journal
 
 import (
 	"bytes"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"strconv"
@@ -117,6 +119,27 @@ func (j *Journal) Outbox(after uint64, max int) ([]OutboxEvent, error) {
 		return nil
 	})
 	return out, err
+}
+
+// OutboxStream returns the name of this journal's event stream, made (a
+// random id, kept) the first time it is asked for. A new journal is a new
+// stream: its sequence numbers start again at 1.
+func (j *Journal) OutboxStream() (string, error) {
+	var stream string
+	err := j.Update(func(t *Tx) error {
+		meta := t.tx.Bucket(bucketMeta)
+		if v := meta.Get(keyOutboxStream); v != nil {
+			stream = string(v)
+			return nil
+		}
+		var b [16]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			return err
+		}
+		stream = hex.EncodeToString(b[:])
+		return meta.Put(keyOutboxStream, []byte(stream))
+	})
+	return stream, err
 }
 
 // OutboxState returns the last sequence number given and the highest

@@ -260,7 +260,12 @@ type Presence struct {
 	// Agent is the agent's version.
 	Agent string `json:"agent,omitempty"`
 	// Protocol lists the envelope versions the agent reads.
-	Protocol     []int             `json:"protocol,omitempty"`
+	Protocol []int `json:"protocol,omitempty"`
+	// Stream names the agent's event stream: it changes when the agent
+	// starts with a new journal (a reinstalled device), and the event seq
+	// numbering starts again at 1 with it. A controller that sees a new
+	// stream forgets the seq it processed for the device.
+	Stream       string            `json:"stream,omitempty"`
 	Labels       map[string]string `json:"labels,omitempty"`
 	Capabilities *Capabilities     `json:"capabilities,omitempty"`
 	// Execution is the running execution, if any.
@@ -491,6 +496,11 @@ func (b *Presence) check() error {
 	}
 	if err := name("agent", b.Agent, false); err != nil {
 		return err
+	}
+	if b.Stream != "" {
+		if err := id("stream", b.Stream); err != nil {
+			return err
+		}
 	}
 	for i, v := range b.Protocol {
 		if v < 1 {
