@@ -251,46 +251,60 @@ func (d *Daemon) receive(ctx context.Context) {
 }
 
 // handle acts on one message and acknowledges it to the broker once what
-// it asks is in the journal.
+// it asks is in the journal. A message the journal could not record is
+// not acknowledged: the broker delivers it again after a reconnect. A
+// refused message is acknowledged (and dropped).
 func (d *Daemon) handle(m mqtt.Message) {
-	defer m.Ack()
+	if err := d.apply(m); err != nil {
+		d.log.Error("message not recorded; the broker will deliver it again", "topic", m.Topic, "error", err)
+		return
+	}
+	m.Ack()
+}
+
+func (d *Daemon) apply(m mqtt.Message) error {
 	msg, err := d.topics.Decode(m.Topic, m.Payload)
 	if err != nil {
 		d.log.Warn("message refused", "topic", m.Topic, "error", err)
-		return
+		return nil
 	}
 	if msg.Device != d.opts.DeviceID {
 		d.log.Warn("message for another device refused", "topic", m.Topic, "device", msg.Device)
-		return
+		return nil
 	}
 	switch b := msg.Body.(type) {
 	case *transport.Ack:
 		n, err := d.j.Ack(b.Seq)
-		if err != nil {
+		if errors.Is(err, journal.ErrAckAhead) {
 			d.log.Warn("ack refused", "seq", b.Seq, "error", err)
-			return
+			return nil
+		}
+		if err != nil {
+			return err
 		}
 		d.log.Debug("events acknowledged", "seq", b.Seq, "removed", n)
 		wake(d.sendWake)
+		return nil
 	case *transport.Dispatch:
-		d.dispatch(msg.ID, b)
+		return d.dispatch(msg.ID, b)
 	case *transport.Cancel:
-		d.command(msg.ID, b.Type(), b.Deployment, func() error { return d.cancel(b) })
+		return d.command(msg.ID, b.Type(), b.Deployment, func() error { return d.cancel(b) })
 	case *transport.Guide:
-		d.command(msg.ID, b.Type(), b.Deployment, func() error {
+		return d.command(msg.ID, b.Type(), b.Deployment, func() error {
 			return d.withEngine(b.Deployment, func(e *engine.Engine) error {
 				return e.Guide(engine.Guidance{Step: b.Step, Action: b.Action, By: b.By, Note: b.Note})
 			})
 		})
 	case *transport.MarkFailed:
-		d.command(msg.ID, b.Type(), b.Deployment, func() error {
+		return d.command(msg.ID, b.Type(), b.Deployment, func() error {
 			return d.withEngine(b.Deployment, func(e *engine.Engine) error { return e.MarkFailed(b.Step, b.By, b.Note) })
 		})
 	}
+	return nil
 }
 
 // command runs a cancel, guide or mark-failed once per message id.
-func (d *Daemon) command(id string, t transport.Type, deployment string, do func() error) {
+func (d *Daemon) command(id string, t transport.Type, deployment string, do func() error) error {
 	seen := false
 	err := d.j.Update(func(tx *journal.Tx) error {
 		if tx.Command(id) != nil {
@@ -300,16 +314,16 @@ func (d *Daemon) command(id string, t transport.Type, deployment string, do func
 		return putCommand(tx, id, &command{Type: t, Deployment: deployment})
 	})
 	if err != nil {
-		d.log.Error("journal command", "type", t, "id", id, "error", err)
-		return
+		return fmt.Errorf("journal %s %s: %w", t, id, err)
 	}
 	if seen {
 		d.log.Info("command seen before; ignored", "type", t, "id", id)
-		return
+		return nil
 	}
 	if err := do(); err != nil {
 		d.log.Warn("command not applied", "type", t, "deployment", deployment, "error", err)
 	}
+	return nil
 }
 
 func putCommand(tx *journal.Tx, id string, c *command) error {
@@ -345,7 +359,7 @@ func (d *Daemon) withEngine(deployment string, fn func(*engine.Engine) error) er
 
 // dispatch records and queues a new dispatch, or reports a known one's
 // state again.
-func (d *Daemon) dispatch(id string, b *transport.Dispatch) {
+func (d *Daemon) dispatch(id string, b *transport.Dispatch) error {
 	var report transport.Body
 	err := d.j.Update(func(tx *journal.Tx) error {
 		c, err := getCommand(tx, id)
@@ -380,8 +394,7 @@ func (d *Daemon) dispatch(id string, b *transport.Dispatch) {
 		return nil
 	})
 	if err != nil {
-		d.log.Error("journal dispatch", "deployment", b.Deployment, "dispatch", id, "error", err)
-		return
+		return fmt.Errorf("journal dispatch %s of deployment %s: %w", id, b.Deployment, err)
 	}
 	if report != nil {
 		d.log.Info("dispatch seen before; reporting its state again", "deployment", b.Deployment, "dispatch", id, "report", report.Type())
@@ -390,6 +403,7 @@ func (d *Daemon) dispatch(id string, b *transport.Dispatch) {
 	}
 	wake(d.sendWake)
 	wake(d.workWake)
+	return nil
 }
 
 // again is the event that reports a known dispatch's state.
@@ -646,30 +660,54 @@ func (d *Daemon) presence(status string) ([]byte, error) {
 // finishes what an earlier run of the agent left: an unfinished execution
 // is resumed, a finished one whose end was not yet reported is reported.
 func (d *Daemon) work(ctx context.Context) {
-	if err := d.recover(ctx); err != nil {
-		d.log.Error("recover the interrupted deployment", "error", err)
-	}
+	// progress is what the last round started from: a round that starts
+	// from the same place again made no progress (the journal failed), and
+	// waits before it tries again rather than spin.
+	var progress string
 	for ctx.Err() == nil {
+		cur, err := d.j.Current()
 		var head *queued
-		err := d.j.View(func(tx *journal.Tx) error {
-			q, err := readQueue(tx)
-			if len(q) > 0 {
-				head = q[0]
-			}
-			return err
-		})
-		if err != nil {
-			d.log.Error("read queue", "error", err)
+		if err == nil {
+			err = d.j.View(func(tx *journal.Tx) error {
+				q, err := readQueue(tx)
+				if len(q) > 0 {
+					head = q[0]
+				}
+				return err
+			})
 		}
-		if head == nil || err != nil {
-			select {
-			case <-ctx.Done():
-				return
-			case <-d.workWake:
+		here := cur
+		if head != nil {
+			here += fmt.Sprintf("/%d/%s", head.pos, head.Execution)
+		}
+		switch {
+		case err != nil:
+			d.log.Error("read the journal", "error", err)
+		case here != "" && here == progress:
+			d.log.Error("no progress on the queue; trying again in a while", "execution", cur)
+		case cur != "" || (head != nil && head.Execution != ""):
+			progress = here
+			if err := d.recover(ctx); err != nil {
+				d.log.Error("recover the interrupted deployment", "error", err)
 			}
 			continue
+		case head != nil:
+			progress = here
+			d.run(ctx, head)
+			continue
 		}
-		d.run(ctx, head)
+		var retry <-chan time.Time
+		if err != nil || here != "" {
+			retry = time.After(d.opts.Retransmit)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-d.workWake:
+			progress = ""
+		case <-retry:
+			progress = ""
+		}
 	}
 }
 

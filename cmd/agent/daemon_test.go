@@ -455,3 +455,66 @@ func TestDaemonOutboxKeepsEventsUntilAcked(t *testing.T) {
 		t.Errorf("outbox: last %d, acked %d (%v); want everything acknowledged", last, acked, err)
 	}
 }
+
+const pauseFlow = `version: 1
+name: paused
+steps:
+  - name: migrate
+    script: { run: "echo migrating; exit 3" }
+    failureStrategies:
+      - errors: [AllErrors]
+        action: ManualIntervention
+        manual: { timeout: 10m, onTimeout: Abort }
+  - name: after
+    script: { run: "echo after" }
+`
+
+// TestDaemonGuidanceAndCancel answers a paused step with a guide message
+// and cancels a queued deployment, both as plain protocol messages.
+func TestDaemonGuidanceAndCancel(t *testing.T) {
+	b := brokertest.Embedded(t)
+	be := newBackend(t, b.URL())
+	c := newDaemonCase(t, b.URL())
+	url, sum, size := c.bundle("paused", pauseFlow, 1)
+	counter := filepath.Join(c.dir, "counter")
+	url2, sum2, size2 := c.bundle("counter", fmt.Sprintf(counterFlow, counter, counter), 1)
+	c.start()
+	waitFor(t, "presence online", func() bool { p := be.lastPresence(); return p != nil && p["status"] == "online" })
+
+	be.dispatch("cc1c0e4a9b7d4c2e8f6a1b3c5d7e9f01", "dep-pause", url, sum, size)
+	waitFor(t, "paused", func() bool { return be.event("dep-pause", "paused") != nil })
+	p := be.event("dep-pause", "paused")
+	if p["step"] != "migrate" || p["until"] == nil || p["error"].(map[string]any)["type"] != "Unknown" {
+		t.Errorf("paused = %v", p)
+	}
+	waitFor(t, "presence with the running deployment", func() bool {
+		x, _ := be.lastPresence()["execution"].(map[string]any)
+		return x != nil && x["deployment"] == "dep-pause"
+	})
+
+	// A deployment queued behind the paused one, then cancelled.
+	be.dispatch("cc1c0e4a9b7d4c2e8f6a1b3c5d7e9f02", "dep-later", url2, sum2, size2)
+	waitFor(t, "queued", func() bool { return be.event("dep-later", "queued") != nil })
+	cancel := `{"v":1,"id":"cc1c0e4a9b7d4c2e8f6a1b3c5d7e9f03","type":"cancel","device":"` + interopDevice + `","time":"2025-06-01T10:09:00Z","body":{"deployment":"dep-later","by":"alice","note":"not today"}}`
+	be.publish("commands", cancel)
+	waitFor(t, "the queued deployment rejected", func() bool { return be.event("dep-later", "rejected") != nil })
+	if e := be.event("dep-later", "rejected")["error"].(map[string]any); e["type"] != "UserMarkedFailure" || !strings.Contains(e["message"].(string), "alice: not today") {
+		t.Errorf("cancelled = %v", e)
+	}
+
+	guide := `{"v":1,"id":"cc1c0e4a9b7d4c2e8f6a1b3c5d7e9f04","type":"guide","device":"` + interopDevice + `","time":"2025-06-01T10:05:00Z","body":{"deployment":"dep-pause","step":"migrate","action":"Ignore","by":"alice","note":"known"}}`
+	be.publish("commands", guide)
+	waitFor(t, "flow-finished", func() bool { return be.event("dep-pause", "flow-finished") != nil })
+	want := []string{"accepted", "step-started migrate", "paused migrate", "resumed migrate", "step-finished migrate Ignored",
+		"step-started after", "step-finished after Succeeded", "flow-finished Succeeded"}
+	if got := be.types("dep-pause"); strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Errorf("events:\n got %q\nwant %q", got, want)
+	}
+	if r := be.event("dep-pause", "resumed"); r["action"] != "Ignore" || r["by"] != "alice" {
+		t.Errorf("resumed = %v", r)
+	}
+	if _, err := os.Stat(counter); err == nil {
+		t.Error("the cancelled deployment ran")
+	}
+	be.checkSeqs()
+}
