@@ -18,11 +18,13 @@ import (
 	"github.com/edgeflow/edgeflow/flow"
 )
 
-// Exit codes (spec 11).
+// Exit codes (spec 11). ExitTimeout is for commands that wait (deploy
+// --wait, watch): their --timeout elapsed before the outcome was known.
 const (
 	ExitOK      = 0
 	ExitFailed  = 1
 	ExitInvalid = 2
+	ExitTimeout = 3
 )
 
 // ExitError ends a command with Code, having already said why.

@@ -1,0 +1,271 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/edgeflow/edgeflow/controller/api"
+	"github.com/edgeflow/edgeflow/controller/client"
+	"github.com/edgeflow/edgeflow/packaging"
+)
+
+// DeployFlags are the flags of `deploy`.
+type DeployFlags struct {
+	// Devices are device ids (--device, repeatable or comma-separated).
+	Devices []string
+	// Selector are K=V labels, comma-separated (--selector, repeatable).
+	Selector []string
+	// Vars are K=V flow variables (--var, repeatable).
+	Vars []string
+	// Key signs a bundle built from a flow (--key); EnvKey is
+	// $EDGEFLOW_SIGNING_KEY, used when Key is empty.
+	Key, EnvKey string
+	// Version of a bundle built from a flow; 0 means the Unix time.
+	Version uint64
+	// Gzip compresses a bundle built from a flow.
+	Gzip bool
+	// Wait follows the deployment until it ends; Timeout bounds the whole
+	// command (0: no limit).
+	Wait    bool
+	Timeout time.Duration
+}
+
+func deployCommand(stdout, stderr io.Writer) *cobra.Command {
+	var (
+		cf connFlags
+		f  DeployFlags
+	)
+	c := &cobra.Command{
+		Use:   "deploy FLOW|BUNDLE (--device ID... | --selector K=V,...) [--var K=V]... [--key PREFIX.key] [--wait] [--timeout D]",
+		Short: "Send a flow or a bundle to devices (with --wait, follow it to its end)",
+		Long: `Send a flow or a bundle to devices.
+
+A BUNDLE (a file built by "edgeflow bundle build") is uploaded as it is. A
+FLOW document is first validated and built into a bundle, as "bundle build"
+does, signed with --key (or $EDGEFLOW_SIGNING_KEY) when one is given. The
+deployment's id is printed on stdout; notes go to stderr.
+
+With --wait, the command follows the deployment like "edgeflow watch" and
+exits 0 when every device succeeded, 1 when any failed, rolled back or was
+rejected or the deployment was cancelled, 2 on bad input (nothing was
+deployed), 3 when --timeout elapsed first.`,
+		Args: Args(1),
+		RunE: func(cmd *cobra.Command, a []string) error {
+			fl, err := cf.fleet(stdout, stderr)
+			if err != nil {
+				return err
+			}
+			f.EnvKey = os.Getenv(EnvSigningKey)
+			return fl.Deploy(cmd.Context(), a[0], f, time.Now())
+		},
+	}
+	cf.add(c)
+	fl := c.Flags()
+	fl.StringSliceVar(&f.Devices, "device", nil, "device id to deploy to (repeatable, or comma-separated)")
+	fl.StringArrayVar(&f.Selector, "selector", nil, "deploy to every known device with these labels: K=V,K=V (repeatable)")
+	fl.StringArrayVar(&f.Vars, "var", nil, "K=V flow variable (repeatable)")
+	fl.StringVar(&f.Key, "key", "", "private key (PREFIX.key) that signs a bundle built from FLOW (default $"+EnvSigningKey+"; without either the bundle is unsigned)")
+	fl.Uint64Var(&f.Version, "version", 0, "release version of a bundle built from FLOW (default: the current Unix time in seconds)")
+	fl.BoolVar(&f.Gzip, "gzip", false, "gzip-compress a bundle built from FLOW")
+	fl.BoolVar(&f.Wait, "wait", false, "follow the deployment until it ends; the exit code says how")
+	fl.DurationVar(&f.Timeout, "timeout", 0, "give up after this long and exit 3 (default: no limit)")
+	return c
+}
+
+// deployTarget is a checked deploy request, before anything is uploaded.
+type deployTarget struct {
+	devices  []string
+	selector map[string]string
+	vars     map[string]string
+}
+
+func (o DeployFlags) target() (deployTarget, error) {
+	var t deployTarget
+	for _, d := range o.Devices {
+		if d = strings.TrimSpace(d); d == "" {
+			return t, errors.New("deploy: --device: an empty device id")
+		}
+		t.devices = append(t.devices, d)
+	}
+	var err error
+	if t.selector, err = keyValueFlag("--selector", o.Selector, true); err != nil {
+		return t, err
+	}
+	if t.vars, err = keyValueFlag("--var", o.Vars, false); err != nil {
+		return t, err
+	}
+	switch {
+	case len(t.devices) == 0 && len(t.selector) == 0:
+		return t, errors.New("deploy: say which devices: --device ID... or --selector K=V,...")
+	case len(t.devices) > 0 && len(t.selector) > 0:
+		return t, errors.New("deploy: --device and --selector exclude each other; give one")
+	case o.Timeout < 0:
+		return t, fmt.Errorf("deploy: --timeout %v: want a positive duration", o.Timeout)
+	}
+	return t, nil
+}
+
+// keyValueFlag reads K=V values; with commas, each value may hold several
+// pairs separated by commas.
+func keyValueFlag(flag string, vals []string, commas bool) (map[string]string, error) {
+	if len(vals) == 0 {
+		return nil, nil
+	}
+	m := map[string]string{}
+	for _, v := range vals {
+		pairs := []string{v}
+		if commas {
+			pairs = strings.Split(v, ",")
+		}
+		for _, kv := range pairs {
+			k, val, ok := strings.Cut(kv, "=")
+			if k = strings.TrimSpace(k); !ok || k == "" {
+				return nil, fmt.Errorf("deploy: %s %q: want K=V", flag, kv)
+			}
+			if old, dup := m[k]; dup && old != val {
+				return nil, fmt.Errorf("deploy: %s: %s given twice (%q and %q)", flag, k, old, val)
+			}
+			m[k] = val
+		}
+	}
+	return m, nil
+}
+
+// Deploy sends the flow or bundle at path to the devices the flags name
+// and prints the deployment (its id in table format, the API's resource
+// in json or yaml). With Wait it then follows it as Watch does and
+// returns the same exit errors (in json or yaml, progress goes to Err and
+// the final deployment, with its devices, to Out). Bad flags, an invalid
+// flow or a request the controller refuses as invalid are usage errors,
+// and nothing is deployed.
+func (f *Fleet) Deploy(ctx context.Context, path string, o DeployFlags, now time.Time) error {
+	t, err := o.target()
+	if err != nil {
+		return Usage(err)
+	}
+	ctx, cancel, timedOut := withTimeout(ctx, o.Timeout)
+	defer cancel()
+	timeout := func(what string) error {
+		fmt.Fprintf(f.Err, "timed out after %v %s\n", o.Timeout, what)
+		return &ExitError{Code: ExitTimeout}
+	}
+
+	bundle, cleanup, err := f.bundleFor(path, o, now)
+	if err != nil {
+		return err
+	}
+	defer cleanup()
+	b, err := f.Client.UploadBundleFile(ctx, bundle)
+	if err != nil {
+		if timedOut() {
+			return timeout("uploading the bundle; nothing was deployed")
+		}
+		return apiErr(err)
+	}
+	fmt.Fprintf(f.Err, "uploaded bundle %s: flow %s version %d, %d bytes\n", short(b.SHA256), b.Flow, b.Version, b.Size)
+
+	d, err := f.Client.CreateDeployment(ctx, api.CreateDeployment{Bundle: b.SHA256, Devices: t.devices, Selector: t.selector, Vars: t.vars})
+	if err != nil {
+		if timedOut() {
+			return timeout("creating the deployment; it may or may not exist (edgeflow deployments)")
+		}
+		return apiErr(err)
+	}
+	if !o.Wait {
+		if f.Format != FormatTable {
+			return f.Format.Encode(f.Out, d)
+		}
+		fmt.Fprintln(f.Out, d.ID)
+		fmt.Fprintf(f.Err, "deployment %s created: %s (edgeflow watch %s follows it)\n", d.ID, countsText(d.Counts), d.ID)
+		return nil
+	}
+
+	w, summary := f.Out, f.Out
+	if f.Format == FormatTable {
+		fmt.Fprintln(f.Out, d.ID)
+	} else {
+		w, summary = f.Err, f.Err
+	}
+	p := newProgress(w, f.TTY && f.Format == FormatTable, d)
+	fmt.Fprintf(f.Err, "deployment %s created: %s; following it\n", d.ID, countsText(d.Counts))
+	p.draw()
+	final := d
+	if !client.FinalStatus(d.Status) {
+		final, err = f.follow(ctx, d, p.event)
+		p.close()
+		if err != nil {
+			final.Counts = p.counts()
+			return f.watchErr(err, final, o.Timeout, timedOut())
+		}
+	}
+	if f.Format != FormatTable {
+		full, err := f.Client.Deployment(ctx, d.ID)
+		if err != nil {
+			return apiErr(err)
+		}
+		if err := f.Format.Encode(f.Out, full); err != nil {
+			return err
+		}
+	}
+	return outcome(summary, final)
+}
+
+// bundleFor returns the bundle file to upload for path: path itself when
+// it is a bundle, else a bundle built from the flow at path into a
+// temporary file that cleanup removes.
+func (f *Fleet) bundleFor(path string, o DeployFlags, now time.Time) (file string, cleanup func(), err error) {
+	nothing := func() {}
+	isBundle, err := packaging.IsBundle(path)
+	if err != nil {
+		return "", nothing, Usage(fmt.Errorf("deploy: %w", err))
+	}
+	if isBundle {
+		if o.Key != "" || o.Version != 0 || o.Gzip {
+			return "", nothing, Usage(fmt.Errorf("deploy: %s is a bundle, uploaded as it was built: --key, --version and --gzip apply to a FLOW", path))
+		}
+		return path, nothing, nil
+	}
+
+	opts := packaging.Options{Version: o.Version, Created: now, Gzip: o.Gzip}
+	if opts.Version == 0 {
+		opts.Version = uint64(now.Unix())
+	}
+	key := cmpOr(o.Key, o.EnvKey)
+	if key != "" {
+		if opts.Key, err = packaging.LoadPrivateKey(key); err != nil {
+			return "", nothing, Usage(fmt.Errorf("deploy: signing key: %w", err))
+		}
+	}
+	plan, err := packaging.Collect(path, opts)
+	if err != nil {
+		return "", nothing, Usage(err)
+	}
+	tmp, err := os.CreateTemp("", "edgeflow-deploy-*.bundle")
+	if err != nil {
+		return "", nothing, fmt.Errorf("deploy: build the bundle: %w", err)
+	}
+	cleanup = func() { os.Remove(tmp.Name()) }
+	err = plan.Write(tmp)
+	if cerr := tmp.Close(); err == nil && cerr != nil {
+		err = fmt.Errorf("deploy: build the bundle: %w", cerr)
+	}
+	if err != nil {
+		cleanup()
+		return "", nothing, err
+	}
+	m := plan.Manifest
+	signed := "signed by key " + m.KeyID
+	if m.KeyID == "" {
+		signed = "UNSIGNED (no --key or $" + EnvSigningKey + "): devices with trusted keys refuse it"
+	}
+	fmt.Fprintf(f.Err, "built bundle: flow %q version %d, %d entries, %d bytes of payload, %s\n",
+		m.Flow, m.Version, len(m.Entries), m.TotalSize(), signed)
+	return tmp.Name(), cleanup, nil
+}
