@@ -25,6 +25,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.AddCommand(cli.ValidateCommand(stdout), cli.KeygenCommand(stdout), cli.BundleCommand(stdout))
+	root.AddCommand(append([]*cobra.Command{cli.ValidateCommand(stdout), cli.KeygenCommand(stdout), cli.BundleCommand(stdout)}, cli.FleetCommands(stdout, stderr)...)...)
+	root.AddCommand(serveCmd(stdout, stderr))
 	return cli.Run(root, args, stderr)
 }

@@ -42,12 +42,22 @@ type ErrorBody struct {
 
 // Error codes, with their HTTP status.
 const (
-	CodeInvalid  = "invalid"   // 400: bad input; nothing was changed
-	CodeNotFound = "not_found" // 404
-	CodeConflict = "conflict"  // 409: the request conflicts with the state (such as cancelling a finished deployment)
-	CodeTooLarge = "too_large" // 413: an upload over the limit
-	CodeInternal = "internal"  // 500
+	CodeInvalid      = "invalid"      // 400: bad input; nothing was changed
+	CodeUnauthorized = "unauthorized" // 401: the API token is missing or wrong
+	CodeNotFound     = "not_found"    // 404
+	CodeConflict     = "conflict"     // 409: the request conflicts with the state (such as cancelling a finished deployment)
+	CodeTooLarge     = "too_large"    // 413: an upload over the limit
+	CodeInternal     = "internal"     // 500
 )
+
+// Health answers GET /v1/health.
+type Health struct {
+	// Status is "ok": the controller answers.
+	Status string `json:"status"`
+	// MQTT is "connected" or "disconnected": the controller's connection
+	// to the broker.
+	MQTT string `json:"mqtt,omitempty"`
+}
 
 // Device is a device as the controller knows it from its presence
 // messages.
@@ -112,7 +122,18 @@ const (
 	DevicePending  = "Pending"  // dispatched, not yet answered by the agent
 	DeviceQueued   = "Queued"   // waiting on the device behind another flow
 	DeviceRejected = "Rejected" // the agent refused the dispatch; nothing ran
+	// DeviceCancelled: the deployment was cancelled while the device had
+	// not started it (Pending or Queued). A report the device sends later
+	// still moves the run on.
+	DeviceCancelled = "Cancelled"
 )
+
+// Cancellation records an operator's cancel of a deployment.
+type Cancellation struct {
+	By   string    `json:"by,omitempty"`
+	Note string    `json:"note,omitempty"`
+	Time time.Time `json:"time"`
+}
 
 // Deployment is one bundle sent to a set of devices.
 type Deployment struct {
@@ -125,6 +146,9 @@ type Deployment struct {
 	Finished *time.Time `json:"finished,omitempty"`
 	// Counts of devices by state.
 	Counts map[string]int `json:"counts"`
+	// Cancel is set once an operator asked to cancel the deployment; the
+	// status stays Running until no device runs it any more.
+	Cancel *Cancellation `json:"cancel,omitempty"`
 	// Devices is set on GET /v1/deployments/{id}, not in lists.
 	Devices []DeviceRun `json:"devices,omitempty"`
 }
@@ -142,8 +166,21 @@ type DeviceRun struct {
 	Execution string               `json:"execution,omitempty"`
 	Error     *transport.ErrorInfo `json:"error,omitempty"`
 	// Steps are the steps reported so far, in the order they started.
-	Steps   []StepRun `json:"steps,omitempty"`
-	Updated time.Time `json:"updated"`
+	Steps []StepRun `json:"steps,omitempty"`
+	// RollbackActions are the rollback actions and rollback steps
+	// reported, in order.
+	RollbackActions []RollbackActionRun `json:"rollbackActions,omitempty"`
+	Updated         time.Time           `json:"updated"`
+}
+
+// RollbackActionRun is a rollback action that ran for a step, as reported
+// by a rollback-action event.
+type RollbackActionRun struct {
+	Step    string               `json:"step"`
+	Action  string               `json:"action"`
+	Trigger string               `json:"trigger,omitempty"`
+	Status  string               `json:"status"`
+	Error   *transport.ErrorInfo `json:"error,omitempty"`
 }
 
 // StepRun is a step of a deployment on one device, as reported.

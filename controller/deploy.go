@@ -1,0 +1,392 @@
+package controller
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/edgeflow/edgeflow/controller/api"
+	"github.com/edgeflow/edgeflow/controller/store"
+	"github.com/edgeflow/edgeflow/transport"
+)
+
+// newDeploymentID returns a deployment id that sorts by creation time:
+// "dep-20250601-100000-3f1c0e4a".
+func newDeploymentID(now time.Time) string {
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return "dep-" + now.UTC().Format("20060102-150405") + "-" + hex.EncodeToString(b[:])
+}
+
+// validSHA256 reports whether s is 64 lowercase hex digits.
+func validSHA256(s string) bool {
+	if len(s) != 64 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// checkPairs checks a map of names to texts (vars, a selector) against the
+// protocol's limits.
+func checkPairs(field string, m map[string]string) error {
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		v := m[k]
+		switch {
+		case k == "":
+			return invalid("%s: a key is empty", field)
+		case len(k) > transport.MaxNameLen:
+			return invalid("%s key %.32q...: %d bytes, over the %d-byte limit", field, k, len(k), transport.MaxNameLen)
+		case !utf8.ValidString(k):
+			return invalid("%s key %q: not valid UTF-8", field, k)
+		case len(v) > transport.MaxTextLen:
+			return invalid("%s[%q]: %d bytes, over the %d-byte limit", field, k, len(v), transport.MaxTextLen)
+		case !utf8.ValidString(v):
+			return invalid("%s[%q]: not valid UTF-8", field, k)
+		}
+	}
+	return nil
+}
+
+func formatPairs(m map[string]string) string {
+	var parts []string
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		parts = append(parts, k+"="+m[k])
+	}
+	return strings.Join(parts, ",")
+}
+
+// Create validates req, stores the deployment with a run and a dispatch
+// per device (each with a fresh message id), and then publishes the
+// dispatches. A dispatch that cannot be published now stays pending and
+// goes out when the controller reconnects or the device comes online.
+// It returns the deployment with its runs; a refusal is an *Error with
+// code invalid.
+func (c *Controller) Create(ctx context.Context, req api.CreateDeployment) (api.Deployment, error) {
+	if !validSHA256(req.Bundle) {
+		return api.Deployment{}, invalid("bundle %q: want the sha256 of an uploaded bundle (64 lowercase hex digits)", req.Bundle)
+	}
+	b, err := c.st.Bundle(ctx, req.Bundle)
+	if errors.Is(err, store.ErrNotFound) {
+		return api.Deployment{}, invalid("bundle %s is not uploaded here (POST it to %s first)", req.Bundle, api.PathBundles)
+	}
+	if err != nil {
+		return api.Deployment{}, fmt.Errorf("create deployment: %w", err)
+	}
+	if err := checkPairs("vars", req.Vars); err != nil {
+		return api.Deployment{}, err
+	}
+	devices, err := c.targets(ctx, req)
+	if err != nil {
+		return api.Deployment{}, err
+	}
+
+	now := c.now().UTC()
+	d := store.Deployment{
+		ID: newDeploymentID(now), Bundle: b.SHA256, Vars: req.Vars, Devices: len(devices),
+		Status: api.DeploymentRunning, Created: now, Counts: map[string]int{api.DevicePending: len(devices)},
+	}
+	cmds := make([]store.Command, len(devices))
+	for i, dev := range devices {
+		cmds[i] = store.Command{ID: transport.NewID(), Type: transport.TypeDispatch, Device: dev, Deployment: d.ID, Time: now}
+		m := &transport.Message{V: transport.Version, ID: cmds[i].ID, Type: transport.TypeDispatch, Device: dev, Time: now, Body: c.dispatchBody(d, b)}
+		if _, err := m.Encode(); err != nil {
+			return api.Deployment{}, invalid("dispatch to device %s: %v", dev, err)
+		}
+	}
+
+	c.mu.Lock()
+	w := c.newWork(ctx)
+	w.addDeployment(&d)
+	w.bundles[b.SHA256] = &b
+	for _, cmd := range cmds {
+		w.putRun(&store.Run{Deployment: d.ID, DeviceRun: api.DeviceRun{
+			Device: cmd.Device, Status: api.DevicePending, Dispatch: cmd.ID, Updated: now,
+		}})
+	}
+	w.batch.PutCommands = cmds
+	err = w.deploymentEvent(&d, true)
+	var feed []store.FeedEvent
+	if err == nil {
+		feed, err = w.commit()
+	}
+	if err == nil {
+		c.feed.publish(feed)
+	}
+	c.mu.Unlock()
+	if err != nil {
+		return api.Deployment{}, fmt.Errorf("create deployment: %w", err)
+	}
+	c.log.Info("deployment created", "deployment", d.ID, "bundle", b.SHA256, "flow", b.Flow, "devices", len(devices))
+
+	// The dispatches are stored: publishing them outlives the request.
+	if failed, err := c.sendCommands(context.WithoutCancel(ctx), cmds); err != nil {
+		c.log.Warn("publish dispatches; they go out again on the next connect or presence", "deployment", d.ID, "failed", failed, "error", err)
+	}
+	return c.Deployment(ctx, d.ID)
+}
+
+// targets returns the devices a deployment request names, by id.
+func (c *Controller) targets(ctx context.Context, req api.CreateDeployment) ([]string, error) {
+	if (len(req.Devices) > 0) == (len(req.Selector) > 0) {
+		return nil, invalid("give exactly one of devices (a list of device ids) and selector (labels every device must have)")
+	}
+	if len(req.Devices) > 0 {
+		seen := map[string]bool{}
+		for i, id := range req.Devices {
+			if err := transport.CheckDeviceID(id); err != nil {
+				return nil, invalid("devices[%d]: %v", i, err)
+			}
+			if seen[id] {
+				return nil, invalid("devices[%d]: device %s is listed twice", i, id)
+			}
+			seen[id] = true
+		}
+		return slices.Sorted(maps.Keys(seen)), nil
+	}
+	if err := checkPairs("selector", req.Selector); err != nil {
+		return nil, err
+	}
+	all, err := c.st.Devices(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("create deployment: %w", err)
+	}
+	var ids []string
+	for _, d := range all {
+		if matches(d.Labels, req.Selector) {
+			ids = append(ids, d.ID)
+		}
+	}
+	if len(ids) == 0 {
+		return nil, invalid("selector %s matches no known device (%d known)", formatPairs(req.Selector), len(all))
+	}
+	return ids, nil
+}
+
+// matches reports whether labels include every pair of selector.
+func matches(labels, selector map[string]string) bool {
+	for k, v := range selector {
+		if got, ok := labels[k]; !ok || got != v {
+			return false
+		}
+	}
+	return true
+}
+
+// Cancel cancels a deployment that has not finished: it publishes a
+// cancel to every device whose run has not finished. A Pending or Queued
+// run (the device has not started it) becomes Cancelled at once and its
+// dispatch is no longer sent again; a Running or Paused run keeps its
+// status until the agent reports how it ended, and its cancel is sent
+// again like a dispatch until then. The deployment becomes Cancelled once
+// no run is unfinished. Cancelling a final deployment is a conflict; a
+// second cancel sends the cancels again.
+func (c *Controller) Cancel(ctx context.Context, id string, req api.Cancel) (api.Deployment, error) {
+	if len(req.By) > transport.MaxNameLen || !utf8.ValidString(req.By) {
+		return api.Deployment{}, invalid("by: want valid UTF-8 of at most %d bytes", transport.MaxNameLen)
+	}
+	if len(req.Note) > transport.MaxTextLen || !utf8.ValidString(req.Note) {
+		return api.Deployment{}, invalid("note: want valid UTF-8 of at most %d bytes", transport.MaxTextLen)
+	}
+	send, err := c.cancel(ctx, id, req)
+	if err != nil {
+		return api.Deployment{}, err
+	}
+	if failed, err := c.sendCommands(context.WithoutCancel(ctx), send); err != nil {
+		c.log.Warn("publish cancels", "deployment", id, "failed", failed, "error", err)
+	}
+	return c.Deployment(ctx, id)
+}
+
+// cancel records a cancel and returns the commands to publish.
+func (c *Controller) cancel(ctx context.Context, id string, req api.Cancel) ([]store.Command, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	w := c.newWork(ctx)
+	d, err := w.deployment(id)
+	if err != nil {
+		return nil, fmt.Errorf("cancel deployment %s: %w", id, err)
+	}
+	if d == nil {
+		return nil, notFound("deployment %s not found", id)
+	}
+	if deploymentFinal(d.Status) {
+		return nil, conflict("deployment %s has already ended: %s", id, d.Status)
+	}
+	now := c.now().UTC()
+	if d.Cancel == nil {
+		d.Cancel = &api.Cancellation{By: req.By, Note: req.Note, Time: now}
+		w.dirtyDeployments[id] = true
+	}
+	runs, err := c.st.Runs(ctx, id)
+	if err != nil {
+		return nil, fmt.Errorf("cancel deployment %s: %w", id, err)
+	}
+	var send []store.Command
+	for _, r := range runs {
+		if runFinished(r.Status) {
+			continue
+		}
+		cmd := store.Command{ID: transport.NewID(), Type: transport.TypeCancel, Device: r.Device, Deployment: id, Time: now, By: req.By, Note: req.Note}
+		switch r.Status {
+		case api.DevicePending, api.DeviceQueued:
+			setRunStatus(d, &r.DeviceRun, api.DeviceCancelled)
+			r.Updated = now
+			w.putRun(&r)
+			w.deviceEvent(d, &r, nil)
+			w.batch.DeleteCommands = append(w.batch.DeleteCommands, store.CommandKey{Device: r.Device, Deployment: id, Type: transport.TypeDispatch})
+		default:
+			pending, err := c.st.Commands(ctx, r.Device)
+			if err != nil {
+				return nil, fmt.Errorf("cancel deployment %s: %w", id, err)
+			}
+			if i := slices.IndexFunc(pending, func(p store.Command) bool { return p.Deployment == id && p.Type == transport.TypeCancel }); i >= 0 {
+				cmd = pending[i] // the same intent: the same id
+			} else {
+				w.batch.PutCommands = append(w.batch.PutCommands, cmd)
+			}
+		}
+		send = append(send, cmd)
+	}
+	settle(d, now)
+	if err := w.deploymentEvent(d, false); err != nil {
+		return nil, fmt.Errorf("cancel deployment %s: %w", id, err)
+	}
+	feed, err := w.commit()
+	if err != nil {
+		return nil, fmt.Errorf("cancel deployment %s: %w", id, err)
+	}
+	c.feed.publish(feed)
+	c.log.Info("deployment cancel requested", "deployment", id, "by", req.By, "devices", len(send), "status", d.Status)
+	return send, nil
+}
+
+// deploymentView is a deployment as the API shows it, without its runs.
+func (c *Controller) deploymentView(d store.Deployment, b store.Bundle) api.Deployment {
+	counts := maps.Clone(d.Counts)
+	if counts == nil {
+		counts = map[string]int{}
+	}
+	return api.Deployment{
+		ID: d.ID, Bundle: c.bundleView(b), Vars: d.Vars, Status: d.Status,
+		Created: d.Created, Finished: d.Finished, Counts: counts, Cancel: d.Cancel,
+	}
+}
+
+func (c *Controller) bundleView(b store.Bundle) api.Bundle {
+	return api.Bundle{SHA256: b.SHA256, Size: b.Size, Flow: b.Flow, Version: b.Version, KeyID: b.KeyID, Created: b.Created, URL: c.BundleURL(b.SHA256)}
+}
+
+// Deployment returns a deployment with its runs, by device id.
+func (c *Controller) Deployment(ctx context.Context, id string) (api.Deployment, error) {
+	d, err := c.st.Deployment(ctx, id)
+	if err != nil {
+		return api.Deployment{}, lookup(err, "deployment %s not found", id)
+	}
+	b, err := c.st.Bundle(ctx, d.Bundle)
+	if err != nil {
+		return api.Deployment{}, fmt.Errorf("deployment %s: %w", id, err)
+	}
+	runs, err := c.st.Runs(ctx, id)
+	if err != nil {
+		return api.Deployment{}, fmt.Errorf("deployment %s: %w", id, err)
+	}
+	view := c.deploymentView(d, b)
+	view.Devices = make([]api.DeviceRun, len(runs))
+	for i, r := range runs {
+		view.Devices[i] = r.DeviceRun
+	}
+	return view, nil
+}
+
+// Deployments returns every deployment, newest first, without runs.
+func (c *Controller) Deployments(ctx context.Context) ([]api.Deployment, error) {
+	ds, err := c.st.Deployments(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]api.Deployment, 0, len(ds))
+	bundles := map[string]store.Bundle{}
+	for _, d := range ds {
+		b, ok := bundles[d.Bundle]
+		if !ok {
+			if b, err = c.st.Bundle(ctx, d.Bundle); err != nil {
+				return nil, fmt.Errorf("deployment %s: %w", d.ID, err)
+			}
+			bundles[d.Bundle] = b
+		}
+		out = append(out, c.deploymentView(d, b))
+	}
+	return out, nil
+}
+
+// Devices returns every known device, by id.
+func (c *Controller) Devices(ctx context.Context) ([]api.Device, error) {
+	ds, err := c.st.Devices(ctx)
+	if ds == nil {
+		ds = []api.Device{}
+	}
+	return ds, err
+}
+
+// Device returns a known device.
+func (c *Controller) Device(ctx context.Context, id string) (api.Device, error) {
+	d, err := c.st.Device(ctx, id)
+	return d, lookup(err, "device %s not found", id)
+}
+
+// Bundles returns every uploaded bundle, newest first.
+func (c *Controller) Bundles(ctx context.Context) ([]api.Bundle, error) {
+	bs, err := c.st.Bundles(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]api.Bundle, 0, len(bs))
+	for _, b := range bs {
+		out = append(out, c.bundleView(b))
+	}
+	return out, nil
+}
+
+// Logs returns the log tails of the steps a device finished in a
+// deployment, in the order reported, only those of step when it is not "".
+func (c *Controller) Logs(ctx context.Context, deployment, device, step string) ([]api.Log, error) {
+	if _, err := c.st.Deployment(ctx, deployment); err != nil {
+		return nil, lookup(err, "deployment %s not found", deployment)
+	}
+	if _, err := c.st.Run(ctx, deployment, device); err != nil {
+		return nil, lookup(err, "device %s is not in deployment %s", device, deployment)
+	}
+	events, err := c.st.Events(ctx, deployment, device)
+	if err != nil {
+		return nil, err
+	}
+	logs := []api.Log{}
+	for _, e := range events {
+		if e.Type != transport.TypeStepFinished {
+			continue
+		}
+		m, err := transport.DecodeMessage(e.Message)
+		if err != nil {
+			c.log.Warn("stored event does not decode", "deployment", deployment, "device", device, "seq", e.Seq, "error", err)
+			continue
+		}
+		b := m.Body.(*transport.StepFinished)
+		if step != "" && b.Step != step {
+			continue
+		}
+		logs = append(logs, api.Log{Step: b.Step, Rollback: b.Rollback, Attempt: b.Attempt, Status: string(b.Status), Log: b.Log, Truncated: b.LogTruncated})
+	}
+	return logs, nil
+}

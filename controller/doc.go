@@ -1,0 +1,76 @@
+// Package controller is edgeflow's controller: it keeps the fleet's
+// devices (from their presence), the uploaded bundles and the deployments,
+// sends dispatches and cancels to agents over MQTT, ingests the agents'
+// events in order and acknowledges them, and serves the REST API of
+// controller/api (Handler) with a live feed per deployment.
+//
+// A Controller does not own its connections: the caller gives it a store
+// (controller/store), something to publish with (the MQTT client), and
+// feeds it the messages the client receives (Run). Serve wires the whole
+// `edgeflow serve` process: store, embedded or external broker, MQTT
+// client, ingestion and HTTP server.
+//
+// # Ingestion
+//
+// Run reads the client's messages in batches. Per device, events are
+// processed strictly in seq order: a seq at or below the device's last
+// processed one is a duplicate (acknowledged again, never applied twice);
+// the next seq is stored and applied; a later one is a gap and is dropped
+// without an ack (the agent sends unacknowledged events again, in order).
+// A batch is committed to the store in one transaction, then the
+// controller publishes one cumulative ack per device (transport.Ack with
+// the device's last processed seq), and only then acknowledges the MQTT
+// messages to the broker. A crash anywhere in between loses nothing: the
+// broker or the agent sends again what was not acknowledged, and what was
+// already stored is recognized by its seq. A presence that names a new
+// event stream (presence.stream: a reinstalled agent, whose seq starts
+// again at 1) makes the controller forget the device's last seq.
+//
+// # A device's run of a deployment
+//
+// Each device of a deployment has a run. The agent's events move it:
+//
+//	        Create: dispatch stored, then published (sent again with the
+//	        same id on every reconnect and when the device comes online)
+//	                             │
+//	                             ▼
+//	    ┌─────────────────── Pending ─────────────rejected────────────► Rejected
+//	    │ cancel                │  │                                       ▲
+//	    ▼                       │  └──queued──► Queued ────rejected────────┘
+//	Cancelled ◄─────────────────┼───cancel────── │
+//	    │                       │                │
+//	    │ any report from       │ accepted, step-started, step-finished,
+//	    │ the device (as from   │ rollback-action, paused, flow-finished
+//	    │ Pending)              ▼                ▼
+//	    └──────────────────► Running ◄───────────┘
+//	                           │  ▲
+//	                     paused│  │resumed
+//	                           ▼  │
+//	                          Paused
+//	                           │
+//	                           │ flow-finished (from Running or Paused)
+//	                           ▼
+//	      Succeeded | Failed | Aborted | RolledBack | RollbackFailed | ...
+//
+// step-started, step-finished and rollback-action events fill the run's
+// steps and rollback actions. A run that has finished (Rejected or a
+// flow-finished status) stays as it is: a later event is stored but
+// changes nothing, so an agent that reports a dispatch's state again after
+// a re-dispatch does not move a run back. Cancelled is the exception: the
+// controller set it without hearing from the device (a cancel of a
+// Pending or Queued run), so a report from the device still moves the run
+// on; only a rejected of kind UserMarkedFailure (the agent confirming that
+// it dropped the dispatch) leaves it Cancelled. A cancel of a Running or Paused run waits for the agent's
+// flow-finished.
+//
+// # A deployment
+//
+//	Running ──every run finished──┬─► Succeeded   every run Succeeded
+//	   │                          └─► Failed      any other mix
+//	   └──cancelled, every run finished──► Cancelled
+//
+// A deployment's status is final once every run has finished, and stays
+// final: later events still update runs and counts. Each change appends
+// an api.Event to the deployment's feed (stored, with a per-deployment
+// Seq) and wakes the feed's watchers without blocking ingestion.
+package controller
