@@ -639,6 +639,9 @@ func (d *Daemon) presence(status string) ([]byte, error) {
 	if status == transport.Online {
 		p.Protocol = []int{transport.Version}
 		p.Stream = d.stream
+		if _, acked, err := d.j.OutboxState(); err == nil {
+			p.Acked = acked
+		}
 		p.Labels = d.opts.Labels
 		p.Capabilities = d.caps
 		d.mu.Lock()

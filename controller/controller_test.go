@@ -401,3 +401,28 @@ func TestNewStream(t *testing.T) {
 		t.Fatalf("last seq after the new stream: %+v", last)
 	}
 }
+
+// TestAckedAhead goes on from the seq a device's presence says was
+// acknowledged when the controller's store remembers less (restored from
+// an older backup), instead of waiting for events the device deleted.
+func TestAckedAhead(t *testing.T) {
+	e := newEnv(t, nil)
+	d := e.device("dev-1")
+	d.presence(transport.Online, nil)
+	b := e.addBundle(testBundle(t))
+	dep, err := e.ctrl.Create(bg, api.CreateDeployment{Bundle: b.SHA256, Devices: []string{"dev-1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.event(1, accepted(dep.ID, dep.Devices[0].Dispatch))
+	d.waitAck(1)
+
+	// Events 2..7 were acknowledged by a controller whose store is lost.
+	d.acked = 7
+	d.presence(transport.Online, nil)
+	d.event(8, flowFinished(dep.ID, transport.StatusSucceeded))
+	if acks := d.waitAck(8); acks[len(acks)-1] != 8 {
+		t.Fatalf("acks: %v, want 8 last", acks)
+	}
+	e.waitRun(dep.ID, "dev-1", "Succeeded")
+}

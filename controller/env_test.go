@@ -227,6 +227,8 @@ type device struct {
 	client *mqtt.Client
 	// stream is the event stream its presence names.
 	stream string
+	// acked is what the device says was acknowledged (presence.acked).
+	acked uint64
 
 	mu       sync.Mutex
 	commands []*transport.Message
@@ -317,7 +319,7 @@ func (d *device) presence(status string, labels map[string]string) {
 	d.e.t.Helper()
 	p := &transport.Presence{Status: status, Agent: "0.7.0"}
 	if status == transport.Online {
-		p.Protocol, p.Labels, p.Stream = []int{1}, labels, d.stream
+		p.Protocol, p.Labels, p.Stream, p.Acked = []int{1}, labels, d.stream, d.acked
 		p.Capabilities = &transport.Capabilities{Docker: true, Compose: transport.ComposeV2, Steps: []string{"script"}}
 	}
 	m, err := transport.New(d.id, p)

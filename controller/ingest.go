@@ -179,13 +179,20 @@ func (c *Controller) ingestPresence(w *work, device string, m mqtt.Message) (out
 			return outcome{}, err
 		}
 		switch {
+		case last.Stream == p.Stream && p.Acked > last.Seq:
+			// The agent holds acknowledgements this controller does not
+			// remember (its store was restored from an older backup): the
+			// events between were acknowledged and are gone from the
+			// device; waiting for them would stall the device for good.
+			c.log.Warn("device acknowledged past this controller's store; skipping the missing events", "device", device, "last", last.Seq, "acked", p.Acked)
+			w.setSeq(device, store.DeviceSeq{Stream: p.Stream, Seq: p.Acked})
 		case last.Stream == p.Stream:
 		case last.Stream == "":
 			// The first stream named: the seq counted so far is its.
-			w.setSeq(device, store.DeviceSeq{Stream: p.Stream, Seq: last.Seq})
+			w.setSeq(device, store.DeviceSeq{Stream: p.Stream, Seq: max(last.Seq, p.Acked)})
 		default:
 			c.log.Info("device has a new event stream: its seq starts again", "device", device, "stream", p.Stream, "last", last.Seq)
-			w.setSeq(device, store.DeviceSeq{Stream: p.Stream})
+			w.setSeq(device, store.DeviceSeq{Stream: p.Stream, Seq: p.Acked})
 		}
 	}
 	if p.Status == transport.Online {

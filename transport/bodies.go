@@ -265,7 +265,12 @@ type Presence struct {
 	// starts with a new journal (a reinstalled device), and the event seq
 	// numbering starts again at 1 with it. A controller that sees a new
 	// stream forgets the seq it processed for the device.
-	Stream       string            `json:"stream,omitempty"`
+	Stream string `json:"stream,omitempty"`
+	// Acked is the highest event seq of Stream the agent has had
+	// acknowledged. A controller whose store says less (restored from an
+	// older backup) goes on from Acked instead of waiting for events the
+	// agent no longer has.
+	Acked        uint64            `json:"acked,omitempty"`
 	Labels       map[string]string `json:"labels,omitempty"`
 	Capabilities *Capabilities     `json:"capabilities,omitempty"`
 	// Execution is the running execution, if any.
