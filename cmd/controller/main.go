@@ -1,7 +1,8 @@
-// Command edgeflow is the operator's CLI. Today it validates flows, makes
-// signing keys (keygen) and builds, verifies and inspects signed update
-// bundles (bundle); the controller (serve) and the fleet commands (deploy,
-// watch, …) come with the transport work.
+// Command edgeflow is the controller (serve) and the operator's CLI: the
+// fleet commands against a controller (devices, deploy, deployments,
+// deployment show, watch, logs, cancel), and the offline ones that check
+// flows (validate), make signing keys (keygen) and build, verify and
+// inspect signed update bundles (bundle).
 package main
 
 import (
@@ -20,7 +21,7 @@ func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
 func run(args []string, stdout, stderr io.Writer) int {
 	root := &cobra.Command{
 		Use:     "edgeflow",
-		Short:   "Operate edgeflow: check flows, build signed bundles (and soon deploy them to fleets)",
+		Short:   "Operate edgeflow: run the controller, deploy flows to fleets and watch them, build signed bundles",
 		Version: version,
 	}
 	root.SetOut(stdout)
