@@ -103,7 +103,7 @@ func (o DeployFlags) target() (deployTarget, error) {
 	}
 	switch {
 	case len(t.devices) == 0 && len(t.selector) == 0:
-		return t, errors.New("deploy: say which devices: --device ID... or --selector K=V,...")
+		return t, errors.New("deploy: say which devices: --device ID... or --selector K=V")
 	case len(t.devices) > 0 && len(t.selector) > 0:
 		return t, errors.New("deploy: --device and --selector exclude each other; give one")
 	case o.Timeout < 0:
