@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # services: make sure what the tests need is here, on a fresh machine too:
 # a running Docker engine and a Compose CLI (Debian's docker-compose, and
-# the `docker compose` v2 plugin when scripts/compose-v2.sh can build it).
+# the `docker compose` v2 plugin when scripts/compose-v2.sh can build it),
+# and the mosquitto MQTT broker (Debian's package; tests start their own).
 # Without EDGEFLOW_REQUIRE_SERVICES=1 a service that cannot be had is only
 # reported: the tests that need it then skip, loudly. With it set, this
 # script fails instead.
@@ -44,5 +45,26 @@ fi
 # Compose v2, the CLI plugin, built from the Go module proxy.
 if ! docker compose version >/dev/null 2>&1; then
 	"$(dirname "$0")/compose-v2.sh" || echo "services: no docker compose v2 plugin; compose tests run with v1 only" >&2
+fi
+
+# Mosquitto, the MQTT broker the transport tests run beside the embedded
+# one (internal/brokertest starts its own processes on loopback ports; the
+# system service is not started here). The package brings mosquitto_passwd
+# too, for the per-device ACL test.
+if [ ! -x /usr/sbin/mosquitto ] && ! command -v mosquitto >/dev/null; then
+	# A policy-rc.d that says no keeps the package from starting the
+	# system service (where one could start).
+	policy=/usr/sbin/policy-rc.d
+	own_policy=0
+	if [ ! -e "$policy" ] && printf '#!/bin/sh\nexit 101\n' | as_root tee "$policy" >/dev/null && as_root chmod 755 "$policy"; then
+		own_policy=1
+	fi
+	apt_install mosquitto
+	installed=$?
+	if [ "$own_policy" = 1 ]; then as_root rm -f "$policy"; fi
+	[ "$installed" = 0 ] || problem "no mosquitto, and installing the Debian package mosquitto failed"
+fi
+if [ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null; then
+	command -v mosquitto_passwd >/dev/null || problem "mosquitto is installed but mosquitto_passwd is missing"
 fi
 exit 0

@@ -37,7 +37,7 @@
 //	     Start
 //	       │
 //	       ▼
-//	┌─► connecting ──(CONNACK)──► connected ──► OnConnect, resubscribe
+//	┌─► connecting ──(CONNACK)──► connected ──► resubscribe, then OnConnect
 //	│      │  ▲                      │
 //	│      └──┘ retry with backoff   │ connection lost (OnConnectionLost)
 //	└────────────────────────────────┘

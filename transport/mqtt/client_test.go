@@ -173,14 +173,28 @@ func (c *client) expect(t *testing.T, topic, payload string) mqtt.Message {
 	return m
 }
 
+// sync waits until the broker has handled everything the client sent
+// before: the client publishes on a topic of its own and waits for the
+// PUBACK, which a broker sends after reading what came before it on the
+// connection. Two things need it:
+//
+//   - Ack only queues the PUBACK;
+//   - mochi acknowledges a QoS 1 publish before it routes it to the
+//     subscribers, so a subscriber that connects right after a publish
+//     returned may take its session over while the message is being
+//     stored in the old one, and lose it. Mochi has routed a publish once
+//     it acknowledged the next one from the same client.
+func (c *client) sync(t *testing.T) {
+	t.Helper()
+	c.publish(t, "edgeflow-test/sync/"+c.id, "sync", false)
+}
+
 // ackSynced acknowledges m and waits until the broker has read the
-// acknowledgement: Ack only queues the PUBACK, so the client then
-// publishes on a topic of its own and waits for that PUBACK, which the
-// broker sends after reading everything before it on the connection.
+// acknowledgement.
 func (c *client) ackSynced(t *testing.T, m mqtt.Message) {
 	t.Helper()
 	m.Ack()
-	c.publish(t, "edgeflow-test/sync/"+c.id, "sync", false)
+	c.sync(t)
 }
 
 // publish publishes and fails t on an error.
@@ -287,6 +301,7 @@ func TestPersistentSession(t *testing.T) {
 		for i := range 3 {
 			pub.publish(t, tp, fmt.Sprint("queued ", i), false)
 		}
+		pub.sync(t)
 		if b.keepsSessions {
 			b.restart(t)
 		}
