@@ -343,23 +343,13 @@ func (d *device) waitCommands(ty transport.Type, dep string, n int) []*transport
 		defer d.mu.Unlock()
 		got = nil
 		for _, m := range d.commands {
-			if m.Type == ty && deploymentOfCommand(m) == dep {
+			if m.Type == ty && transport.DeploymentOf(m.Body) == dep {
 				got = append(got, m)
 			}
 		}
 		return len(got) >= n
 	})
 	return got
-}
-
-func deploymentOfCommand(m *transport.Message) string {
-	switch b := m.Body.(type) {
-	case *transport.Dispatch:
-		return b.Deployment
-	case *transport.Cancel:
-		return b.Deployment
-	}
-	return ""
 }
 
 // waitAck waits for an ack of seq or more and returns every ack so far.

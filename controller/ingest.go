@@ -237,30 +237,6 @@ func (c *Controller) ingestEvent(w *work, device string, m mqtt.Message) (outcom
 	return outcome{ack: device}, c.applyEvent(w, device, msg, m.Payload)
 }
 
-// deploymentOf returns the deployment an event is about.
-func deploymentOf(b transport.Body) string {
-	switch b := b.(type) {
-	case *transport.Accepted:
-		return b.Deployment
-	case *transport.Rejected:
-		return b.Deployment
-	case *transport.Queued:
-		return b.Deployment
-	case *transport.StepStarted:
-		return b.Deployment
-	case *transport.StepFinished:
-		return b.Deployment
-	case *transport.RollbackAction:
-		return b.Deployment
-	case *transport.Paused:
-		return b.Deployment
-	case *transport.Resumed:
-		return b.Deployment
-	case *transport.FlowFinished:
-		return b.Deployment
-	}
-	return ""
-}
 
 // dispatchOf returns the dispatch id an answer to a dispatch names.
 func dispatchOf(b transport.Body) string {
@@ -279,7 +255,7 @@ func dispatchOf(b transport.Body) string {
 // its run and deployment.
 func (c *Controller) applyEvent(w *work, device string, msg *transport.Message, payload []byte) error {
 	now := c.now().UTC()
-	depID := deploymentOf(msg.Body)
+	depID := transport.DeploymentOf(msg.Body)
 	w.batch.Events = append(w.batch.Events, store.Event{
 		Deployment: depID, Device: device, Seq: msg.Seq, Type: msg.Type, Received: now, Message: payload,
 	})

@@ -599,3 +599,37 @@ func lowerHex(s string) bool {
 	}
 	return true
 }
+
+// DeploymentOf returns the deployment a command or event body is about,
+// or "" for a body that is about none (ack, presence).
+func DeploymentOf(b Body) string {
+	switch b := b.(type) {
+	case *Dispatch:
+		return b.Deployment
+	case *Cancel:
+		return b.Deployment
+	case *Guide:
+		return b.Deployment
+	case *MarkFailed:
+		return b.Deployment
+	case *Accepted:
+		return b.Deployment
+	case *Rejected:
+		return b.Deployment
+	case *Queued:
+		return b.Deployment
+	case *StepStarted:
+		return b.Deployment
+	case *StepFinished:
+		return b.Deployment
+	case *RollbackAction:
+		return b.Deployment
+	case *Paused:
+		return b.Deployment
+	case *Resumed:
+		return b.Deployment
+	case *FlowFinished:
+		return b.Deployment
+	}
+	return ""
+}

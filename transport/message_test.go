@@ -338,3 +338,16 @@ func TestNewIDsAreUnique(t *testing.T) {
 		seen[id] = true
 	}
 }
+
+func TestDeploymentOf(t *testing.T) {
+	for _, b := range []transport.Body{&transport.Ack{Seq: 1}, &transport.Presence{Status: transport.Online}} {
+		if got := transport.DeploymentOf(b); got != "" {
+			t.Errorf("DeploymentOf(%s) = %q, want none", b.Type(), got)
+		}
+	}
+	for _, b := range []transport.Body{&transport.Dispatch{Deployment: "d"}, &transport.Guide{Deployment: "d"}, &transport.StepFinished{Deployment: "d"}, &transport.FlowFinished{Deployment: "d"}} {
+		if got := transport.DeploymentOf(b); got != "d" {
+			t.Errorf("DeploymentOf(%s) = %q, want d", b.Type(), got)
+		}
+	}
+}
