@@ -16,6 +16,7 @@ import (
 	"github.com/edgeflow/edgeflow/engine"
 	"github.com/edgeflow/edgeflow/flow"
 	"github.com/edgeflow/edgeflow/journal"
+	"github.com/edgeflow/edgeflow/onfailure"
 	"github.com/edgeflow/edgeflow/packaging"
 	"github.com/edgeflow/edgeflow/steps"
 	"github.com/edgeflow/edgeflow/steps/compose"
@@ -99,8 +100,27 @@ type ApplyOptions struct {
 	TrustedKeys []packaging.PublicKey
 	// AllowReinstall accepts a bundle of the release already installed.
 	AllowReinstall bool
+	// GuidedFailure, if set, pauses a failure that would abort the flow for
+	// guidance instead (see ParseGuidedFailure).
+	GuidedFailure *engine.GuidedFailure
 	// Observe receives progress events; may be nil.
 	Observe func(engine.Event)
+}
+
+// ParseGuidedFailure reads the --guided-failure flag, TIMEOUT[:ONTIMEOUT]
+// (such as "30m" or "30m:RollbackFlow"): how long a pause waits for
+// guidance, and the action when none came (default Abort).
+func ParseGuidedFailure(s string) (*engine.GuidedFailure, error) {
+	d, onTimeout, _ := strings.Cut(s, ":")
+	timeout, err := time.ParseDuration(d)
+	if err != nil {
+		return nil, &UsageError{Err: fmt.Errorf("--guided-failure %q: want TIMEOUT[:ONTIMEOUT], such as 30m or 30m:RollbackFlow: %w", s, err)}
+	}
+	g := &engine.GuidedFailure{Timeout: timeout, OnTimeout: onfailure.Action(onTimeout)}
+	if err := g.Check(); err != nil {
+		return nil, &UsageError{Err: fmt.Errorf("--guided-failure %q: %w", s, err)}
+	}
+	return g, nil
 }
 
 // Apply runs the flow at opts.Flow on this device and returns its result.
@@ -118,7 +138,10 @@ func Apply(ctx context.Context, opts ApplyOptions) (*engine.Result, error) {
 	if err != nil {
 		return nil, &UsageError{Err: err}
 	}
-	s, err := openSession(opts.Config, nil, opts.Vars, opts.Observe, nil)
+	s, err := openSession(opts.Config, nil, opts.Vars, opts.Observe, func(s *session) error {
+		s.guided = opts.GuidedFailure
+		return nil
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -139,8 +162,9 @@ var ErrNothingToResume = errors.New("nothing to resume: no unfinished execution 
 // agent restart, a crash or a power cut interrupted) and returns its result.
 //
 // It runs under the settings the execution started with (allowed paths,
-// kill grace, reboot command, compose directory and command), not cfg's,
-// so a resumed flow is held to the same limits and finds its projects.
+// kill grace, reboot command, compose directory and command, guided
+// failure), not cfg's, so a resumed flow is held to the same limits, finds
+// its projects and pauses as it would have.
 func Resume(ctx context.Context, cfg Config, observe func(engine.Event)) (*engine.Result, error) {
 	rec, err := unfinished(cfg)
 	if err != nil {
@@ -159,7 +183,7 @@ func resume(ctx context.Context, cfg Config, j *journal.Journal, rec *engine.Rec
 	}
 	saved.apply(&cfg)
 	s, err := openSession(cfg, j, nil, observe, func(s *session) error {
-		s.release, s.dispatch = saved.Release, saved.Dispatch
+		s.release, s.dispatch, s.guided = saved.Release, saved.Dispatch, saved.GuidedFailure
 		return nil
 	})
 	if err != nil {
@@ -204,6 +228,9 @@ type settings struct {
 	// Dispatch is the controller's dispatch the execution runs, when the
 	// daemon runs it.
 	Dispatch *dispatchRef `json:"dispatch,omitempty"`
+	// GuidedFailure is the execution's guided failure (apply's flag, or
+	// the dispatch's), if any.
+	GuidedFailure *engine.GuidedFailure `json:"guidedFailure,omitempty"`
 }
 
 // dispatchRef names the dispatch an execution runs.
@@ -269,6 +296,8 @@ type session struct {
 	release *release
 	// dispatch is the controller's dispatch the session runs, if any.
 	dispatch *dispatchRef
+	// guided is the execution's guided failure, if any.
+	guided *engine.GuidedFailure
 	// ownJournal is set when the session opened j (and closes it).
 	ownJournal bool
 }
@@ -276,8 +305,8 @@ type session struct {
 // openSession opens the state dir's journal (or uses j, which the caller
 // keeps open), runs prepare (if not nil) on the session before the engine
 // is built, so that it can set what the execution journals with its
-// settings (the bundle's release, the dispatch), and starts the engine
-// and, unless cfg.NoControl, the control socket.
+// settings (the bundle's release, the dispatch, guided failure), and
+// starts the engine and, unless cfg.NoControl, the control socket.
 func openSession(cfg Config, j *journal.Journal, vars map[string]string, observe func(engine.Event), prepare func(*session) error) (*session, error) {
 	log := cfg.Logger
 	if log == nil {
@@ -303,7 +332,7 @@ func openSession(cfg Config, j *journal.Journal, vars map[string]string, observe
 		}
 	}
 	st := settingsOf(cfg)
-	st.Release, st.Dispatch = s.release, s.dispatch
+	st.Release, st.Dispatch, st.GuidedFailure = s.release, s.dispatch, s.guided
 	agentData, err := json.Marshal(st)
 	if err != nil {
 		return fail(err)
@@ -324,6 +353,8 @@ func openSession(cfg Config, j *journal.Journal, vars map[string]string, observe
 		Store:     &releaseStore{Store: journalStore(j), j: j, s: s},
 		Logger:    log,
 		Observe:   observe,
+		// A resumed execution gets back the guided failure it journaled.
+		GuidedFailure: s.guided,
 	})
 	if !cfg.NoControl {
 		if s.ctl, err = ServeControl(cfg.StateDir, s.eng, log); err != nil {

@@ -38,6 +38,7 @@ type release struct {
 func applyBundle(ctx context.Context, opts ApplyOptions) (*engine.Result, error) {
 	var x *extracted
 	s, err := openSession(opts.Config, nil, opts.Vars, opts.Observe, func(s *session) (err error) {
+		s.guided = opts.GuidedFailure
 		x, err = extractBundle(s, opts.Flow, bundlePolicy{TrustedKeys: opts.TrustedKeys, AllowReinstall: opts.AllowReinstall})
 		return err
 	})

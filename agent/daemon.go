@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 	"unicode/utf8"
@@ -99,6 +100,8 @@ type Daemon struct {
 	mu      sync.Mutex
 	running *queued        // the dispatch being run
 	eng     *engine.Engine // its engine, once the session is open
+	// stopDownload ends the running dispatch's download (a cancel).
+	stopDownload context.CancelFunc
 }
 
 // queued is a dispatch in the journal's queue.
@@ -110,7 +113,11 @@ type queued struct {
 	SHA256     string            `json:"sha256"`
 	Size       int64             `json:"size"`
 	Vars       map[string]string `json:"vars,omitempty"`
-	Received   time.Time         `json:"received"`
+	// Cancel is set when the running dispatch was cancelled.
+	Cancel *cancelRequest `json:"cancel,omitempty"`
+	// GuidedFailure is the dispatch's guided failure, if it asks for it.
+	GuidedFailure *transport.GuidedFailure `json:"guidedFailure,omitempty"`
+	Received      time.Time                `json:"received"`
 	// Execution is set once the flow started (its accepted event is out).
 	Execution string `json:"execution,omitempty"`
 	Flow      string `json:"flow,omitempty"`
@@ -361,6 +368,7 @@ func (d *Daemon) withEngine(deployment string, fn func(*engine.Engine) error) er
 // state again.
 func (d *Daemon) dispatch(id string, b *transport.Dispatch) error {
 	var report transport.Body
+	seen := false
 	err := d.j.Update(func(tx *journal.Tx) error {
 		c, err := getCommand(tx, id)
 		if err != nil {
@@ -371,6 +379,7 @@ func (d *Daemon) dispatch(id string, b *transport.Dispatch) error {
 			return err
 		}
 		if c != nil {
+			seen = true
 			report = d.again(id, c, q)
 			if report == nil {
 				return nil
@@ -380,7 +389,8 @@ func (d *Daemon) dispatch(id string, b *transport.Dispatch) error {
 		if err := putCommand(tx, id, &command{Type: transport.TypeDispatch, Deployment: b.Deployment, State: stateQueued}); err != nil {
 			return err
 		}
-		e := &queued{Dispatch: id, Deployment: b.Deployment, URL: b.URL, SHA256: b.SHA256, Size: b.Size, Vars: b.Vars, Received: time.Now().UTC()}
+		e := &queued{Dispatch: id, Deployment: b.Deployment, URL: b.URL, SHA256: b.SHA256, Size: b.Size, Vars: b.Vars,
+			GuidedFailure: b.GuidedFailure, Received: time.Now().UTC()}
 		data, err := json.Marshal(e)
 		if err != nil {
 			return err
@@ -396,9 +406,12 @@ func (d *Daemon) dispatch(id string, b *transport.Dispatch) error {
 	if err != nil {
 		return fmt.Errorf("journal dispatch %s of deployment %s: %w", id, b.Deployment, err)
 	}
-	if report != nil {
+	switch {
+	case report != nil:
 		d.log.Info("dispatch seen before; reporting its state again", "deployment", b.Deployment, "dispatch", id, "report", report.Type())
-	} else {
+	case seen:
+		d.log.Info("dispatch seen before; nothing to report yet", "deployment", b.Deployment, "dispatch", id)
+	default:
 		d.log.Info("dispatch queued", "deployment", b.Deployment, "dispatch", id)
 	}
 	wake(d.sendWake)
@@ -430,17 +443,79 @@ func (d *Daemon) again(id string, c *command, q []*queued) transport.Body {
 	return nil
 }
 
+// cancelRequest is a cancel of the running dispatch.
+type cancelRequest struct {
+	By   string `json:"by,omitempty"`
+	Note string `json:"note"`
+	// Applied is set once a step or pause was stopped by it: from then on
+	// the flow's strategies decide, as for any failure.
+	Applied bool `json:"applied,omitempty"`
+}
+
+// applyCancel stops what the engine runs (step, or every running step when
+// empty) as failed by the operator, and aborts a paused step: a paused
+// step is waiting for guidance, and a cancel is the guidance to stop.
+func (d *Daemon) applyCancel(q *queued, eng *engine.Engine, c *cancelRequest, step string) {
+	marked := eng.MarkFailed(step, c.By, c.Note) == nil
+	aborted := false
+	if r := eng.Current(); r != nil {
+		for _, p := range r.Pauses {
+			if eng.Guide(engine.Guidance{Step: p.Step, Action: onfailure.Abort, By: c.By, Note: c.Note}) == nil {
+				aborted = true
+			}
+		}
+	}
+	if !marked && !aborted {
+		d.log.Debug("cancel: nothing running or paused yet; it applies at the next step")
+		return
+	}
+	d.mu.Lock()
+	c.Applied = true
+	d.mu.Unlock()
+	if err := d.j.Update(func(tx *journal.Tx) error { return setQueuedLocked(d, tx, q) }); err != nil {
+		d.log.Warn("journal applied cancel", "error", err)
+	}
+}
+
+// setQueuedLocked journals q, reading it under d.mu.
+func setQueuedLocked(d *Daemon, tx *journal.Tx, q *queued) error {
+	d.mu.Lock()
+	data, err := json.Marshal(q)
+	d.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	return tx.SetQueued(q.pos, data)
+}
+
 // cancel drops a queued deployment, or stops the running one.
 func (d *Daemon) cancel(b *transport.Cancel) error {
+	c := &cancelRequest{By: b.By, Note: "cancelled"}
+	if b.Note != "" {
+		c.Note += ": " + b.Note
+	}
 	d.mu.Lock()
-	run := d.running
+	run, eng, stop := d.running, d.eng, d.stopDownload
+	if run != nil && run.Deployment == b.Deployment {
+		run.Cancel = c
+	}
 	d.mu.Unlock()
 	if run != nil && run.Deployment == b.Deployment {
-		note := "cancelled"
-		if b.Note != "" {
-			note += ": " + b.Note
+		// Journaled with the dispatch, the cancel outlives a restart: the
+		// run refuses to start its flow, and a flow that started stops at
+		// its next step or pause (the observer applies it), so a cancel
+		// that comes while the bundle downloads or the flow is between two
+		// steps is not lost.
+		if err := d.j.Update(func(tx *journal.Tx) error { return setQueuedLocked(d, tx, run) }); err != nil {
+			return err
 		}
-		return d.withEngine(b.Deployment, func(e *engine.Engine) error { return e.MarkFailed("", b.By, note) })
+		if stop != nil {
+			stop()
+		}
+		if eng != nil {
+			d.applyCancel(run, eng, c, "")
+		}
+		return nil
 	}
 	found := false
 	err := d.j.Update(func(tx *journal.Tx) error {
@@ -496,14 +571,6 @@ func readQueue(tx *journal.Tx) ([]*queued, error) {
 		out = append(out, &q)
 	}
 	return out, nil
-}
-
-func setQueued(tx *journal.Tx, q *queued) error {
-	data, err := json.Marshal(q)
-	if err != nil {
-		return err
-	}
-	return tx.SetQueued(q.pos, data)
 }
 
 // ---- the outbox ----
@@ -767,11 +834,25 @@ func (d *Daemon) recover(ctx context.Context) error {
 	return nil
 }
 
+// setRunning records the dispatch being run and its engine, and has the
+// presence published again when the execution it shows changed (a
+// dispatch that has not started its execution shows none).
 func (d *Daemon) setRunning(q *queued, eng *engine.Engine) {
 	d.mu.Lock()
+	changed := shownExecution(d.running) != shownExecution(q)
 	d.running, d.eng = q, eng
 	d.mu.Unlock()
-	wake(d.presenceWake)
+	if changed {
+		wake(d.presenceWake)
+	}
+}
+
+// shownExecution is the execution presence shows for a running dispatch.
+func shownExecution(q *queued) string {
+	if q == nil {
+		return ""
+	}
+	return q.Execution
 }
 
 // run downloads, verifies and runs the dispatch at the head of the queue.
@@ -780,14 +861,26 @@ func (d *Daemon) run(ctx context.Context, q *queued) {
 	defer d.setRunning(nil, nil)
 	log := d.log.With("deployment", q.Deployment, "dispatch", q.Dispatch)
 	log.Info("downloading bundle", "url", q.URL, "size", q.Size)
-	path, err := fetch.Fetch(ctx, fetch.Request{
+	dctx, stop := context.WithCancel(ctx)
+	d.mu.Lock()
+	d.stopDownload = stop
+	d.mu.Unlock()
+	path, err := fetch.Fetch(dctx, fetch.Request{
 		URL: q.URL, SHA256: q.SHA256, Size: q.Size,
 		Dir: filepath.Join(d.opts.StateDir, DownloadsDir), MaxAttempts: downloadAttempts, Logger: log,
 	})
+	d.mu.Lock()
+	d.stopDownload = nil
+	d.mu.Unlock()
+	stop()
+	if ctx.Err() != nil {
+		return // shutting down: the dispatch stays queued
+	}
+	if c := d.cancelOf(q); c != nil {
+		d.reject(q, cancelError(c))
+		return
+	}
 	if err != nil {
-		if ctx.Err() != nil {
-			return // shutting down: the dispatch stays queued
-		}
 		d.reject(q, err)
 		return
 	}
@@ -797,6 +890,7 @@ func (d *Daemon) run(ctx context.Context, q *queued) {
 	policy := bundlePolicy{TrustedKeys: d.opts.TrustedKeys}
 	s, err := openSession(d.opts.Config, d.j, q.Vars, d.observer(q), func(s *session) (err error) {
 		s.dispatch = &dispatchRef{ID: q.Dispatch, Deployment: q.Deployment}
+		s.guided = guidedFailure(q.GuidedFailure)
 		x, err = extractBundle(s, path, policy)
 		return err
 	})
@@ -812,6 +906,11 @@ func (d *Daemon) run(ctx context.Context, q *queued) {
 		d.reject(q, x.refused)
 		return
 	}
+	if c := d.cancelOf(q); c != nil {
+		_ = os.RemoveAll(x.dir)
+		d.reject(q, cancelError(c))
+		return
+	}
 	q.Flow = x.flow.Name
 	d.setRunning(q, s.eng)
 	res, err := s.eng.Run(ctx, x.flow)
@@ -823,6 +922,15 @@ func (d *Daemon) run(ctx context.Context, q *queued) {
 	}
 	s.done(err)
 	d.ended(ctx, q, res, err)
+}
+
+// guidedFailure is the engine's form of a dispatch's guided failure (nil:
+// none). The dispatch's check has bounded it.
+func guidedFailure(g *transport.GuidedFailure) *engine.GuidedFailure {
+	if g == nil {
+		return nil
+	}
+	return &engine.GuidedFailure{Timeout: time.Duration(g.TimeoutSeconds) * time.Second, OnTimeout: g.OnTimeout}
 }
 
 // ended reports an execution's end, unless the agent is shutting down
@@ -895,6 +1003,9 @@ func (d *Daemon) observer(q *queued) func(engine.Event) {
 			return
 		case engine.EventStep:
 			if ev.Status == engine.Running {
+				if ev.Rollback == "" {
+					d.cancelled(q, ev.Step)
+				}
 				b = &transport.StepStarted{Deployment: dep, Execution: ex, Step: ev.Step, Group: ev.Group, Rollback: ev.Rollback, Attempt: ev.Attempt}
 				break
 			}
@@ -917,6 +1028,7 @@ func (d *Daemon) observer(q *queued) func(engine.Event) {
 			b = &transport.RollbackAction{Deployment: dep, Execution: ex, Step: ev.Step, Action: ev.Action, Trigger: ev.Trigger,
 				Status: transport.Status(ev.Status), Error: errInfo(ev.Error)}
 		case engine.EventPause:
+			d.cancelled(q, "")
 			p := &transport.Paused{Deployment: dep, Execution: ex, Step: ev.Step, Group: ev.Group, Error: errInfo(ev.Error)}
 			if !ev.Until.IsZero() {
 				u := ev.Until.UTC()
@@ -934,6 +1046,39 @@ func (d *Daemon) observer(q *queued) func(engine.Event) {
 	}
 }
 
+// cancelOf returns the cancel of the dispatch q, if one came.
+func (d *Daemon) cancelOf(q *queued) *cancelRequest {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return q.Cancel
+}
+
+// cancelled applies a cancel that came before the flow reached this step
+// or pause. It runs on the engine's goroutine, so it leaves the engine's
+// calls to a goroutine of its own.
+func (d *Daemon) cancelled(q *queued, step string) {
+	d.mu.Lock()
+	c, eng := q.Cancel, d.eng
+	pending := c != nil && !c.Applied
+	d.mu.Unlock()
+	if pending && eng != nil {
+		go d.applyCancel(q, eng, c, step)
+	}
+}
+
+// cancelError is the error a dispatch cancelled before its flow started is
+// rejected with.
+func cancelError(c *cancelRequest) error {
+	msg := "cancelled before it started"
+	if c.By != "" {
+		msg += " by " + c.By
+	}
+	if n, ok := strings.CutPrefix(c.Note, "cancelled: "); ok {
+		msg += ": " + n
+	}
+	return onfailure.Errorf(onfailure.UserMarkedFailure, "%s", msg)
+}
+
 // started reports a new execution accepted (an execution resumed after a
 // restart was accepted before, unless the restart came first).
 func (d *Daemon) started(q *queued, ev engine.Event) {
@@ -947,7 +1092,7 @@ func (d *Daemon) started(q *queued, ev engine.Event) {
 		return
 	}
 	err := d.j.Update(func(tx *journal.Tx) error {
-		if err := setQueued(tx, q); err != nil {
+		if err := setQueuedLocked(d, tx, q); err != nil {
 			return err
 		}
 		if err := putCommand(tx, q.Dispatch, &command{Type: transport.TypeDispatch, Deployment: q.Deployment, State: stateRunning, Execution: ev.Execution, Flow: q.Flow}); err != nil {

@@ -20,6 +20,11 @@
 //	                 ├─ ManualIntervention ─▶ Paused ──guidance / timeout──▶ decide again with that action
 //	                 └─ MarkAsFailure, Abort, RollbackGroup, RetryGroup, RollbackFlow ─▶ Failed
 //
+// With guided failure (Options.GuidedFailure), a decision that would end
+// the flow (Abort: a strategy's, the default, or a Retry's onExhausted)
+// goes to Paused instead, as a ManualIntervention would; the guidance (or
+// the timeout's action) that ends such a pause applies as it is.
+//
 // The flow ends Succeeded, Failed (Abort, MarkAsFailure, a flow timeout),
 // RolledBack or RollbackFailed (RollbackFlow).
 //
@@ -98,6 +103,9 @@ type Event struct {
 	// Resumed is set on the EventStart of an execution resumed after an
 	// agent restart.
 	Resumed bool
+	// Guided is set on the EventPause and EventResume of a pause that
+	// guided failure made (not a ManualIntervention strategy).
+	Guided bool
 }
 
 // EventType says what an Event is about.
@@ -138,7 +146,19 @@ type Options struct {
 	// MaxRestarts is the loop guard: a step interrupted by more agent
 	// restarts than this is not retried again. Zero means DefaultMaxRestarts.
 	MaxRestarts int
+	// GuidedFailure, if set, turns a failure that would end the flow
+	// (Abort) into a pause for guidance (docs/failure-handling.md, "Guided
+	// failure"). The agent journals it with the execution's settings
+	// (AgentData) and sets it again when it resumes the execution.
+	GuidedFailure *GuidedFailure
 }
+
+// GuidedFailure is guided failure: a step (or group) whose failure would
+// end the flow pauses for guidance instead, as a ManualIntervention with
+// manual {timeout: Timeout, onTimeout: OnTimeout} would; an empty
+// OnTimeout means Abort. onfailure.GuidedFailure.Apply says which
+// decisions pause.
+type GuidedFailure = onfailure.GuidedFailure
 
 // DefaultMaxRestarts is the default loop guard.
 const DefaultMaxRestarts = 3
@@ -197,6 +217,11 @@ func (e *Engine) Preflight(f *flow.Flow) error {
 	}
 	if e.opts.DeviceID == "" {
 		add("no device id")
+	}
+	if g := e.opts.GuidedFailure; g != nil {
+		if err := g.Check(); err != nil {
+			add("%v", err)
+		}
 	}
 	for _, s := range allSteps(f) {
 		t := s.step.Type()
@@ -270,6 +295,11 @@ func (e *Engine) Resume(ctx context.Context, f *flow.Flow, rec *Record) (*Result
 	for _, s := range allSteps(f) {
 		if _, ok := e.opts.Runners[s.step.Type()]; !ok {
 			return nil, &PreflightError{Problems: []string{fmt.Sprintf("step %q: %s steps are not supported by this agent", s.step.Name, s.step.Type())}}
+		}
+	}
+	if g := e.opts.GuidedFailure; g != nil {
+		if err := g.Check(); err != nil {
+			return nil, &PreflightError{Problems: []string{err.Error()}}
 		}
 	}
 	r, err := resumeRun(e, f, rec)

@@ -155,7 +155,14 @@ func (m *memStore) SaveExecution(id string, rec []byte, unfinished bool) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.writes++
-	return json.Unmarshal(rec, &m.last)
+	// A fresh record per write: decoding into m.last would keep map
+	// entries (pauses) that the new write no longer has.
+	var r Record
+	if err := json.Unmarshal(rec, &r); err != nil {
+		return err
+	}
+	m.last = r
+	return nil
 }
 
 func (m *memStore) SaveLog(id, step string, attempt int, log []byte) error {

@@ -2,6 +2,8 @@ package engine
 
 import (
 	"encoding/json"
+	"maps"
+	"slices"
 	"time"
 
 	"github.com/edgeflow/edgeflow/onfailure"
@@ -81,6 +83,20 @@ type GuidanceResult struct {
 	By     string           `json:"by"`
 	At     time.Time        `json:"at"`
 	Note   string           `json:"note,omitempty"`
+	// Guided is set on guidance (or a timeout) that answered a pause
+	// guided failure made.
+	Guided bool `json:"guided,omitempty"`
+}
+
+// PauseResult is a step or group waiting for guidance.
+type PauseResult struct {
+	// Step names the paused step or group.
+	Step string `json:"step"`
+	// Until is when the pause times out and its onTimeout applies.
+	Until time.Time `json:"until"`
+	// Guided is set when guided failure made the pause (not a
+	// ManualIntervention strategy).
+	Guided bool `json:"guided,omitempty"`
 }
 
 // Result is the outcome of a flow execution (spec 11), as `apply --output
@@ -95,6 +111,9 @@ type Result struct {
 	Guidance  []GuidanceResult `json:"guidance"`
 	// Error says why the flow stopped when no step says it (a flow timeout).
 	Error *ErrorInfo `json:"error,omitempty"`
+	// Pauses lists, while the flow has not ended, the steps and groups
+	// waiting for guidance, by name.
+	Pauses []PauseResult `json:"pauses,omitempty"`
 }
 
 // Record is an execution as journaled: everything needed to report it, and
@@ -134,6 +153,8 @@ type Record struct {
 	// Pauses holds the guidance deadline of each paused step or group, so
 	// a restart keeps the time already waited.
 	Pauses map[string]time.Time `json:"pauses,omitempty"`
+	// GuidedPauses marks the pauses of Pauses that guided failure made.
+	GuidedPauses map[string]bool `json:"guidedPauses,omitempty"`
 	// Resumes counts how often the execution was resumed after a restart.
 	Resumes int `json:"resumes,omitempty"`
 }
@@ -229,6 +250,11 @@ func (r *Record) Result() *Result {
 	}
 	for _, a := range r.Actions {
 		res.Actions = append(res.Actions, a.ActionResult)
+	}
+	if !r.Status.Done() {
+		for _, name := range slices.Sorted(maps.Keys(r.Pauses)) {
+			res.Pauses = append(res.Pauses, PauseResult{Step: name, Until: r.Pauses[name], Guided: r.GuidedPauses[name]})
+		}
 	}
 	return res
 }

@@ -560,22 +560,23 @@ func (r *run) step(ctx context.Context, s *flow.Step, g *flow.Group) stop {
 		}
 		kind := onfailure.KindOf(err)
 		d := onfailure.Decide(kind, onfailure.Attempts{Step: sr.Attempts, Group: r.groupRuns(g)}, r.levels(s, g)...)
-		act := d.Action
-		r.log.Info("step failed", "step", s.Name, "attempt", sr.Attempts, "kind", kind, "error", err, "action", act, "scope", d.Scope)
-		if act == onfailure.Retry && kind == onfailure.AgentRestart && sr.Restarts > r.e.maxRestarts() {
+		if d.Action == onfailure.Retry && kind == onfailure.AgentRestart && sr.Restarts > r.e.maxRestarts() {
 			// Loop guard: a step that keeps taking the agent down is not
 			// run again; its Retry counts as exhausted.
-			act = onfailure.Abort
+			d.Action, d.Exhausted, d.Wait = onfailure.Abort, true, 0
 			if d.Strategy.Retry.OnExhausted != "" {
-				act = d.Strategy.Retry.OnExhausted
+				d.Action = d.Strategy.Retry.OnExhausted
 			}
 		}
+		d = r.guided(d, kind, g != nil)
+		act := d.Action
+		r.log.Info("step failed", "step", s.Name, "attempt", sr.Attempts, "kind", kind, "error", err, "action", act, "scope", d.Scope, "guided", d.Guided)
 		if d.Exhausted && d.Strategy.Action == onfailure.RetryGroup && d.Strategy.Retry.OnExhausted == "" {
 			// The group ran out of runs: its failure is the flow's to handle.
 			act = groupFailed
 		}
 		if act == onfailure.ManualIntervention {
-			act = r.pause(ctx, s.Name, d.Strategy.Manual, sr, err)
+			act = r.pause(ctx, s.Name, d.Manual, sr, err, d.Guided)
 			if act == interrupted {
 				return stop{action: interrupted}
 			}
@@ -931,9 +932,10 @@ func (r *run) groupFailure(ctx context.Context, g *flow.Group, gr *GroupRecord, 
 	kind := onfailure.KindOf(st.err)
 	d := onfailure.Decide(kind, onfailure.Attempts{Step: r.groupRuns(g), Group: r.groupRuns(g)},
 		onfailure.Level{Scope: onfailure.ScopeFlow, Strategies: strategies(r.f.FailureStrategies)})
+	d = r.guided(d, kind, false)
 	act := d.Action
 	if act == onfailure.ManualIntervention {
-		act = r.pause(ctx, g.Name, d.Strategy.Manual, nil, st.err)
+		act = r.pause(ctx, g.Name, d.Manual, nil, st.err, d.Guided)
 	}
 	if r.flowCtx.Err() != nil && act != onfailure.RollbackFlow && act != interrupted {
 		act = onfailure.Abort
@@ -1009,9 +1011,22 @@ func (r *run) resetGroup(g *flow.Group) {
 	_ = r.saveLocked()
 }
 
+// guided applies the execution's guided failure (if any) to d, the
+// decision for a failure of kind k of a step (inGroup: inside a group) or
+// of a group: a decision that would end the flow becomes a pause. Rollback
+// steps never come here: rollback work does not pause.
+func (r *run) guided(d onfailure.Decision, k onfailure.Kind, inGroup bool) onfailure.Decision {
+	return r.e.opts.GuidedFailure.Apply(d, onfailure.Failure{
+		Kind: k, InGroup: inGroup, RollbackOnFailure: r.f.RollbackOnFailure, OutOfTime: r.flowCtx.Err() != nil,
+	})
+}
+
 // pause waits for guidance on a paused step or group (nil sr), up to the
-// manual timeout, and returns the action to apply.
-func (r *run) pause(ctx context.Context, name string, m *onfailure.ManualPolicy, sr *StepRecord, cause error) onfailure.Action {
+// manual timeout, and returns the action to apply. guided says guided
+// failure made the pause: it is journaled and reported as such, and the
+// action returned is applied as it is (an Abort aborts; it does not pause
+// again).
+func (r *run) pause(ctx context.Context, name string, m *onfailure.ManualPolicy, sr *StepRecord, cause error, guided bool) onfailure.Action {
 	ch := make(chan Guidance, 1)
 	r.mu.Lock()
 	deadline, ok := r.rec.Pauses[name]
@@ -1022,6 +1037,12 @@ func (r *run) pause(ctx context.Context, name string, m *onfailure.ManualPolicy,
 		}
 		r.rec.Pauses[name] = deadline
 	}
+	if guided {
+		if r.rec.GuidedPauses == nil {
+			r.rec.GuidedPauses = map[string]bool{}
+		}
+		r.rec.GuidedPauses[name] = true
+	}
 	if sr != nil {
 		sr.Status, sr.Error, sr.Retrying = Paused, errorInfo(cause), false
 	}
@@ -1029,8 +1050,8 @@ func (r *run) pause(ctx context.Context, name string, m *onfailure.ManualPolicy,
 	r.rec.Status = Paused
 	_ = r.saveLocked()
 	r.mu.Unlock()
-	r.log.Warn("paused for guidance", "step", name, "timeout", m.Timeout, "onTimeout", m.OnTimeout)
-	pev := Event{Type: EventPause, Status: Paused, Error: errorInfo(cause), Until: deadline}
+	r.log.Warn("paused for guidance", "step", name, "timeout", m.Timeout, "onTimeout", m.OnTimeout, "guided", guided)
+	pev := Event{Type: EventPause, Status: Paused, Error: errorInfo(cause), Until: deadline, Guided: guided}
 	if sr != nil {
 		pev.Step, pev.Group = name, sr.Group
 	} else {
@@ -1048,6 +1069,9 @@ func (r *run) pause(ctx context.Context, name string, m *onfailure.ManualPolicy,
 	case <-t.C:
 		act = m.OnTimeout
 		gd = Guidance{Step: name, Action: act, By: "agent", Note: fmt.Sprintf("no guidance within %s", m.Timeout)}
+		if g := r.e.opts.GuidedFailure; guided && g != nil && g.OnTimeout != "" && g.OnTimeout != act {
+			gd.Note += fmt.Sprintf(" (guided failure's onTimeout %s cannot apply here, so %s)", g.OnTimeout, act)
+		}
 	case <-ctx.Done():
 		act = interrupted
 		if r.root.Err() == nil {
@@ -1058,17 +1082,18 @@ func (r *run) pause(ctx context.Context, name string, m *onfailure.ManualPolicy,
 	delete(r.paused, name)
 	if act != interrupted {
 		delete(r.rec.Pauses, name)
+		delete(r.rec.GuidedPauses, name)
 	}
 	if len(r.paused) == 0 {
 		r.rec.Status = Running
 	}
 	if gd.Action != "" {
-		r.rec.Guidance = append(r.rec.Guidance, GuidanceResult{Step: name, Action: gd.Action, By: gd.By, At: r.now(), Note: gd.Note})
+		r.rec.Guidance = append(r.rec.Guidance, GuidanceResult{Step: name, Action: gd.Action, By: gd.By, At: r.now(), Note: gd.Note, Guided: guided})
 	}
 	_ = r.saveLocked()
 	r.mu.Unlock()
 	if act != interrupted {
-		rev := Event{Type: EventResume, Step: pev.Step, Group: pev.Group, Status: Running, Action: string(act), By: gd.By}
+		rev := Event{Type: EventResume, Step: pev.Step, Group: pev.Group, Status: Running, Action: string(act), By: gd.By, Guided: guided}
 		r.observe(rev)
 	}
 	if act == onfailure.Exclude {

@@ -1,6 +1,9 @@
 package onfailure
 
-import "time"
+import (
+	"fmt"
+	"time"
+)
 
 // Action is what happens after a failure (spec 5) or what an operator's
 // guidance asks for (spec 7).
@@ -141,6 +144,12 @@ type Decision struct {
 	// Exhausted is true when a Retry or RetryGroup strategy matched but its
 	// attempts are used up, so Action came from OnExhausted.
 	Exhausted bool
+	// Manual is the pause's policy when Action is ManualIntervention: the
+	// strategy's manual keys, or guided failure's (see GuidedFailure).
+	Manual *ManualPolicy
+	// Guided is set when guided failure turned a decision that would have
+	// ended the flow into this pause.
+	Guided bool
 }
 
 // Attempts counts the runs so far of what failed: the step's attempts, and
@@ -163,6 +172,9 @@ func Decide(k Kind, n Attempts, levels ...Level) Decision {
 				continue
 			}
 			d := Decision{Action: s.Action, Scope: l.Scope, Strategy: s}
+			if s.Action == ManualIntervention {
+				d.Manual = s.Manual
+			}
 			if s.Action == Retry || s.Action == RetryGroup {
 				count, attempts := 0, n.Step
 				if s.Action == RetryGroup {
@@ -185,4 +197,94 @@ func Decide(k Kind, n Attempts, levels ...Level) Decision {
 		}
 	}
 	return Decision{Action: Abort, Scope: ScopeDefault}
+}
+
+// GuidedFailure is guided failure (docs/failure-handling.md): a failure
+// whose decision would end the flow pauses for guidance instead, as a
+// ManualIntervention strategy with manual {timeout: Timeout, onTimeout:
+// OnTimeout} would.
+type GuidedFailure struct {
+	// Timeout is how long a pause waits for guidance.
+	Timeout time.Duration `json:"timeout"`
+	// OnTimeout applies when no guidance came within Timeout; empty means
+	// Abort.
+	OnTimeout Action `json:"onTimeout,omitempty"`
+}
+
+// TimeoutActions are the actions that may follow a pause that timed out
+// (manual.onTimeout, and guided failure's OnTimeout): every strategy
+// action but Retry, RetryGroup and ManualIntervention.
+var TimeoutActions = []Action{Ignore, MarkAsSuccess, MarkAsFailure, Abort, RollbackGroup, RollbackFlow}
+
+// Check reports whether g can be used: a timeout of more than zero, and an
+// OnTimeout (if set) that may follow a pause, as for manual.onTimeout.
+func (g *GuidedFailure) Check() error {
+	if g.Timeout <= 0 {
+		return fmt.Errorf("guided failure: timeout %s: want more than zero", g.Timeout)
+	}
+	if g.OnTimeout == "" {
+		return nil
+	}
+	for _, a := range TimeoutActions {
+		if g.OnTimeout == a {
+			return nil
+		}
+	}
+	return fmt.Errorf("guided failure: onTimeout %q: want one of %v", g.OnTimeout, TimeoutActions)
+}
+
+// Failure is what guided failure needs to know of a failure besides its
+// decision.
+type Failure struct {
+	Kind Kind
+	// InGroup is set for a step inside a group (RollbackGroup can apply to
+	// it); it is not set for a step outside one, nor for a group's own
+	// failure.
+	InGroup bool
+	// RollbackOnFailure is the flow's rollbackOnFailure (RollbackFlow can
+	// apply).
+	RollbackOnFailure bool
+	// OutOfTime is set once the flow's timeout has passed: nothing more
+	// may run but a rollback, so nothing pauses.
+	OutOfTime bool
+}
+
+// Apply returns d, the decision for failure f, with guided failure g
+// applied (g nil: guided failure is off, d is returned as it is).
+//
+// A decision that would end the flow — Abort, whether a strategy names it,
+// no strategy matched, or a Retry or RetryGroup ran out into an Abort
+// onExhausted — becomes a ManualIntervention with g's policy and Guided
+// set. Every other decision stays as it is: Ignore, MarkAsSuccess and
+// MarkAsFailure go on, Retry and RetryGroup run again, RollbackGroup and
+// RollbackFlow undo what ran, ManualIntervention has its own policy. Nor
+// do these pause:
+//   - a RetryGroup that ran out with no onExhausted of its own: the
+//     group's failure goes to the flow's strategies, and guided failure
+//     applies to what they decide;
+//   - a UserMarkedFailure: an operator (or a controller's cancel) marked
+//     the step failed, so someone has already answered;
+//   - a failure once the flow is out of time.
+//
+// OnTimeout is Abort when g leaves it empty, and also where it cannot
+// apply: RollbackGroup but for a step inside a group, RollbackFlow when
+// the flow does not set rollbackOnFailure: true.
+func (g *GuidedFailure) Apply(d Decision, f Failure) Decision {
+	switch {
+	case g == nil, d.Action != Abort, f.Kind == UserMarkedFailure, f.OutOfTime:
+		return d
+	case d.Exhausted && d.Strategy != nil && d.Strategy.Action == RetryGroup &&
+		(d.Strategy.Retry == nil || d.Strategy.Retry.OnExhausted == ""):
+		return d
+	}
+	onTimeout := g.OnTimeout
+	switch {
+	case onTimeout == "",
+		onTimeout == RollbackGroup && !f.InGroup,
+		onTimeout == RollbackFlow && !f.RollbackOnFailure:
+		onTimeout = Abort
+	}
+	d.Action, d.Guided = ManualIntervention, true
+	d.Manual = &ManualPolicy{Timeout: g.Timeout, OnTimeout: onTimeout}
+	return d
 }

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"slices"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -121,5 +123,110 @@ func TestActionProperties(t *testing.T) {
 	}
 	if Exclude.Valid() {
 		t.Error("Exclude is guidance only, not a strategy action")
+	}
+}
+
+// TestGuidedFailure: guided failure turns the decisions that end the flow
+// into a pause with its policy, and leaves every other decision alone.
+func TestGuidedFailure(t *testing.T) {
+	g := &GuidedFailure{Timeout: 30 * time.Minute, OnTimeout: RollbackFlow}
+	step := func(s ...Strategy) Level { return Level{Scope: ScopeStep, Strategies: s} }
+	group := func(s ...Strategy) Level { return Level{Scope: ScopeGroup, Strategies: s} }
+	flow := func(s ...Strategy) Level { return Level{Scope: ScopeFlow, Strategies: s} }
+	retry := func(onExhausted Action) Strategy {
+		return Strategy{Errors: []Kind{AllErrors}, Action: Retry, Retry: &RetryPolicy{Count: 1, OnExhausted: onExhausted}}
+	}
+	retryGroup := func(onExhausted Action) Strategy {
+		return Strategy{Errors: []Kind{AllErrors}, Action: RetryGroup, Retry: &RetryPolicy{Count: 1, OnExhausted: onExhausted}}
+	}
+	manual := Strategy{Errors: []Kind{AllErrors}, Action: ManualIntervention, Manual: &ManualPolicy{Timeout: time.Hour, OnTimeout: Ignore}}
+	inFlow := Failure{Kind: Unknown, RollbackOnFailure: true}
+	cases := []struct {
+		name   string
+		g      *GuidedFailure
+		kind   Kind
+		n      Attempts
+		levels []Level
+		f      Failure
+		want   Action // after Apply
+		guided bool
+		manual *ManualPolicy
+	}{
+		{"off: default abort stays", nil, Unknown, Attempts{Step: 1}, nil, inFlow, Abort, false, nil},
+		{"no strategy pauses", g, Unknown, Attempts{Step: 1}, []Level{step(), flow()}, inFlow, ManualIntervention, true,
+			&ManualPolicy{Timeout: 30 * time.Minute, OnTimeout: RollbackFlow}},
+		{"explicit abort pauses", g, Verification, Attempts{Step: 1}, []Level{step(strat(Abort, Verification))}, inFlow, ManualIntervention, true,
+			&ManualPolicy{Timeout: 30 * time.Minute, OnTimeout: RollbackFlow}},
+		{"retry exhausted into abort pauses", g, Timeout, Attempts{Step: 2}, []Level{step(retry(""))}, inFlow, ManualIntervention, true,
+			&ManualPolicy{Timeout: 30 * time.Minute, OnTimeout: RollbackFlow}},
+		{"retry exhausted into explicit abort pauses", g, Timeout, Attempts{Step: 2}, []Level{step(retry(Abort))}, inFlow, ManualIntervention, true,
+			&ManualPolicy{Timeout: 30 * time.Minute, OnTimeout: RollbackFlow}},
+		{"retry group exhausted into abort pauses", g, Timeout, Attempts{Step: 1, Group: 2}, []Level{group(retryGroup(Abort))}, Failure{Kind: Timeout, InGroup: true, RollbackOnFailure: true},
+			ManualIntervention, true, &ManualPolicy{Timeout: 30 * time.Minute, OnTimeout: RollbackFlow}},
+		{"retry group exhausted without onExhausted goes to the flow's list", g, Timeout, Attempts{Step: 1, Group: 2}, []Level{group(retryGroup(""))}, Failure{Kind: Timeout, InGroup: true},
+			Abort, false, nil},
+		{"retry still to come", g, Timeout, Attempts{Step: 1}, []Level{step(retry(""))}, inFlow, Retry, false, nil},
+		{"retry exhausted into ignore", g, Timeout, Attempts{Step: 2}, []Level{step(retry(Ignore))}, inFlow, Ignore, false, nil},
+		{"ignore", g, Unknown, Attempts{Step: 1}, []Level{flow(strat(Ignore, AllErrors))}, inFlow, Ignore, false, nil},
+		{"mark as success", g, Unknown, Attempts{Step: 1}, []Level{flow(strat(MarkAsSuccess, AllErrors))}, inFlow, MarkAsSuccess, false, nil},
+		{"mark as failure goes on", g, Unknown, Attempts{Step: 1}, []Level{flow(strat(MarkAsFailure, AllErrors))}, inFlow, MarkAsFailure, false, nil},
+		{"rollback flow undoes", g, Unknown, Attempts{Step: 1}, []Level{flow(strat(RollbackFlow, AllErrors))}, inFlow, RollbackFlow, false, nil},
+		{"rollback group undoes", g, Unknown, Attempts{Step: 1}, []Level{group(strat(RollbackGroup, AllErrors))}, Failure{Kind: Unknown, InGroup: true}, RollbackGroup, false, nil},
+		{"manual keeps its own policy", g, Unknown, Attempts{Step: 1}, []Level{step(manual)}, inFlow, ManualIntervention, false, manual.Manual},
+		{"user marked failure aborts", g, UserMarkedFailure, Attempts{Step: 1}, nil, Failure{Kind: UserMarkedFailure, RollbackOnFailure: true}, Abort, false, nil},
+		{"out of time aborts", g, Timeout, Attempts{Step: 1}, nil, Failure{Kind: Timeout, OutOfTime: true}, Abort, false, nil},
+		{"onTimeout defaults to abort", &GuidedFailure{Timeout: time.Minute}, Unknown, Attempts{Step: 1}, nil, inFlow, ManualIntervention, true,
+			&ManualPolicy{Timeout: time.Minute, OnTimeout: Abort}},
+		{"rollback flow without rollbackOnFailure times out into abort", g, Unknown, Attempts{Step: 1}, nil, Failure{Kind: Unknown}, ManualIntervention, true,
+			&ManualPolicy{Timeout: 30 * time.Minute, OnTimeout: Abort}},
+		{"rollback group outside a group times out into abort", &GuidedFailure{Timeout: time.Minute, OnTimeout: RollbackGroup}, Unknown, Attempts{Step: 1}, nil, inFlow, ManualIntervention, true,
+			&ManualPolicy{Timeout: time.Minute, OnTimeout: Abort}},
+		{"rollback group inside a group", &GuidedFailure{Timeout: time.Minute, OnTimeout: RollbackGroup}, Unknown, Attempts{Step: 1}, nil, Failure{Kind: Unknown, InGroup: true}, ManualIntervention, true,
+			&ManualPolicy{Timeout: time.Minute, OnTimeout: RollbackGroup}},
+	}
+	for _, c := range cases {
+		d := c.g.Apply(Decide(c.kind, c.n, c.levels...), c.f)
+		if d.Action != c.want || d.Guided != c.guided {
+			t.Errorf("%s: got %s guided %v, want %s guided %v", c.name, d.Action, d.Guided, c.want, c.guided)
+		}
+		switch {
+		case c.manual == nil && d.Manual != nil:
+			t.Errorf("%s: manual %+v, want none", c.name, d.Manual)
+		case c.manual != nil && (d.Manual == nil || *d.Manual != *c.manual):
+			t.Errorf("%s: manual %+v, want %+v", c.name, d.Manual, c.manual)
+		}
+	}
+}
+
+func TestGuidedFailureCheck(t *testing.T) {
+	for _, c := range []struct {
+		g    GuidedFailure
+		want string
+	}{
+		{GuidedFailure{Timeout: time.Second}, ""},
+		{GuidedFailure{Timeout: time.Hour, OnTimeout: RollbackFlow}, ""},
+		{GuidedFailure{Timeout: time.Hour, OnTimeout: Ignore}, ""},
+		{GuidedFailure{}, "timeout 0s: want more than zero"},
+		{GuidedFailure{Timeout: -time.Second, OnTimeout: Abort}, "timeout -1s"},
+		{GuidedFailure{Timeout: time.Hour, OnTimeout: Retry}, `onTimeout "Retry"`},
+		{GuidedFailure{Timeout: time.Hour, OnTimeout: RetryGroup}, `onTimeout "RetryGroup"`},
+		{GuidedFailure{Timeout: time.Hour, OnTimeout: ManualIntervention}, `onTimeout "ManualIntervention"`},
+		{GuidedFailure{Timeout: time.Hour, OnTimeout: Exclude}, `onTimeout "Exclude"`},
+		{GuidedFailure{Timeout: time.Hour, OnTimeout: "Dance"}, `onTimeout "Dance"`},
+	} {
+		err := c.g.Check()
+		switch {
+		case c.want == "" && err != nil:
+			t.Errorf("%+v: %v", c.g, err)
+		case c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)):
+			t.Errorf("%+v: got %v, want %q", c.g, err, c.want)
+		}
+	}
+	// TimeoutActions are the strategy actions a pause may end in.
+	for _, a := range Actions {
+		want := a != Retry && a != RetryGroup && a != ManualIntervention
+		if got := slices.Contains(TimeoutActions, a); got != want {
+			t.Errorf("%s in TimeoutActions: %v, want %v", a, got, want)
+		}
 	}
 }

@@ -99,6 +99,38 @@ type Dispatch struct {
 	// Size is the bundle's length in bytes.
 	Size int64             `json:"size"`
 	Vars map[string]string `json:"vars,omitempty"`
+	// GuidedFailure, if set, asks the agent to pause for guidance, rather
+	// than end the flow, on a failure that would abort it (guided failure,
+	// docs/failure-handling.md). An agent that predates the field ignores
+	// it and handles failures as usual.
+	GuidedFailure *GuidedFailure `json:"guidedFailure,omitempty"`
+}
+
+// MaxGuidedTimeoutSeconds bounds GuidedFailure.TimeoutSeconds: 366 days.
+const MaxGuidedTimeoutSeconds = 366 * 24 * 60 * 60
+
+// GuidedFailure is a dispatch's guided failure: how long a pause waits for
+// guidance, and what applies when none came.
+type GuidedFailure struct {
+	// TimeoutSeconds is how long a pause waits: 1 to
+	// MaxGuidedTimeoutSeconds.
+	TimeoutSeconds int64 `json:"timeoutSeconds"`
+	// OnTimeout applies when no guidance came in time: one of
+	// onfailure.TimeoutActions; empty means Abort.
+	OnTimeout onfailure.Action `json:"onTimeout,omitempty"`
+}
+
+func (g *GuidedFailure) check(field string) error {
+	if g == nil {
+		return nil
+	}
+	if g.TimeoutSeconds < 1 || g.TimeoutSeconds > MaxGuidedTimeoutSeconds {
+		return fmt.Errorf("%s.timeoutSeconds %d: want 1 to %d", field, g.TimeoutSeconds, MaxGuidedTimeoutSeconds)
+	}
+	if g.OnTimeout != "" && !slices.Contains(onfailure.TimeoutActions, g.OnTimeout) {
+		return fmt.Errorf("%s.onTimeout %q: want one of %v", field, g.OnTimeout, onfailure.TimeoutActions)
+	}
+	return nil
 }
 
 // Cancel asks an agent to drop a queued deployment, or to stop a running
@@ -368,7 +400,10 @@ func (b *Dispatch) check() error {
 	if b.Size <= 0 {
 		return fmt.Errorf("size %d: want a positive number of bytes", b.Size)
 	}
-	return strMap("vars", b.Vars)
+	if err := strMap("vars", b.Vars); err != nil {
+		return err
+	}
+	return b.GuidedFailure.check("guidedFailure")
 }
 
 func (b *Cancel) check() error {

@@ -120,6 +120,30 @@ func TestSchemasAgreeWithDecode(t *testing.T) {
 			delete(m, "seq")
 			m["body"] = map[string]any{"deployment": "d", "url": "https://x/b", "sha256": "ABC", "size": 1}
 		}},
+		{"guided failure without timeout", func(m map[string]any) {
+			m["type"] = "dispatch"
+			delete(m, "seq")
+			m["body"] = map[string]any{"deployment": "d", "url": "https://x/b", "sha256": strings.Repeat("a", 64), "size": 1,
+				"guidedFailure": map[string]any{"onTimeout": "Abort"}}
+		}},
+		{"guided failure timeout 0", func(m map[string]any) {
+			m["type"] = "dispatch"
+			delete(m, "seq")
+			m["body"] = map[string]any{"deployment": "d", "url": "https://x/b", "sha256": strings.Repeat("a", 64), "size": 1,
+				"guidedFailure": map[string]any{"timeoutSeconds": 0}}
+		}},
+		{"guided failure timeout over the cap", func(m map[string]any) {
+			m["type"] = "dispatch"
+			delete(m, "seq")
+			m["body"] = map[string]any{"deployment": "d", "url": "https://x/b", "sha256": strings.Repeat("a", 64), "size": 1,
+				"guidedFailure": map[string]any{"timeoutSeconds": transport.MaxGuidedTimeoutSeconds + 1}}
+		}},
+		{"guided failure onTimeout Retry", func(m map[string]any) {
+			m["type"] = "dispatch"
+			delete(m, "seq")
+			m["body"] = map[string]any{"deployment": "d", "url": "https://x/b", "sha256": strings.Repeat("a", 64), "size": 1,
+				"guidedFailure": map[string]any{"timeoutSeconds": 60, "onTimeout": "Retry"}}
+		}},
 		{"paused nothing", func(m map[string]any) {
 			m["type"] = "paused"
 			m["body"] = map[string]any{"deployment": "d", "execution": "e", "step": ""}
@@ -173,6 +197,10 @@ func TestSchemaEnumsMatchCode(t *testing.T) {
 		return out
 	}
 	defs := read("defs.json")["$defs"].(map[string]any)
+	guided := read("dispatch.json")["properties"].(map[string]any)["body"].(map[string]any)["properties"].(map[string]any)["guidedFailure"].(map[string]any)["properties"].(map[string]any)
+	if max := guided["timeoutSeconds"].(map[string]any)["maximum"]; max != float64(transport.MaxGuidedTimeoutSeconds) {
+		t.Errorf("guidedFailure.timeoutSeconds: schema maximum %v, code %d", max, transport.MaxGuidedTimeoutSeconds)
+	}
 	env := read("envelope.json")["properties"].(map[string]any)
 	var final []transport.Status
 	for _, s := range transport.Statuses {
@@ -190,6 +218,7 @@ func TestSchemaEnumsMatchCode(t *testing.T) {
 		{"final statuses", enum(defs["finalStatus"]), strs(final)},
 		{"actions", enum(defs["action"]), strs(onfailure.Actions, []onfailure.Action{onfailure.Exclude})},
 		{"guidance actions", enum(defs["guidanceAction"]), strs(onfailure.GuidanceActions)},
+		{"guided failure onTimeout", enum(guided["onTimeout"]), strs(onfailure.TimeoutActions)},
 	} {
 		if !reflect.DeepEqual(c.got, c.want) {
 			t.Errorf("%s: schema %v, code %v", c.name, c.got, c.want)

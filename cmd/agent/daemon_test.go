@@ -518,3 +518,53 @@ func TestDaemonGuidanceAndCancel(t *testing.T) {
 	}
 	be.checkSeqs()
 }
+
+const longFlow = `version: 1
+name: long
+steps:
+  - name: wait
+    script: { run: "touch %[1]s.started; sleep 60" }
+  - name: after
+    script: { run: "echo after >> %[1]s.after" }
+`
+
+// TestDaemonCancelRunningAndPaused cancels a deployment whose step runs
+// (the step is marked failed and the flow ends Failed, the next step never
+// runs) and one whose step is paused for guidance (the pause is aborted).
+func TestDaemonCancelRunningAndPaused(t *testing.T) {
+	b := brokertest.Embedded(t)
+	be := newBackend(t, b.URL())
+	c := newDaemonCase(t, b.URL())
+	mark := filepath.Join(c.dir, "mark")
+	url, sum, size := c.bundle("long", fmt.Sprintf(longFlow, mark), 1)
+	url2, sum2, size2 := c.bundle("paused", pauseFlow, 1)
+	c.start()
+	waitFor(t, "presence online", func() bool { p := be.lastPresence(); return p != nil && p["status"] == "online" })
+
+	cancel := func(id, dep string) {
+		be.publish("commands", `{"v":1,"id":"`+id+`","type":"cancel","device":"`+interopDevice+`","time":"2025-06-01T10:09:00Z","body":{"deployment":"`+dep+`","by":"alice","note":"stop"}}`)
+	}
+	be.dispatch("dd1c0e4a9b7d4c2e8f6a1b3c5d7e9f01", "dep-long", url, sum, size)
+	waitFor(t, "the step to run", func() bool { _, err := os.Stat(mark + ".started"); return err == nil })
+	cancel("dd1c0e4a9b7d4c2e8f6a1b3c5d7e9f02", "dep-long")
+	waitFor(t, "flow-finished", func() bool { return be.event("dep-long", "flow-finished") != nil })
+	ff := be.event("dep-long", "flow-finished")
+	if ff["status"] != "Failed" || ff["error"].(map[string]any)["type"] != "UserMarkedFailure" {
+		t.Errorf("cancelled running flow ended %v", ff)
+	}
+	if _, err := os.Stat(mark + ".after"); err == nil {
+		t.Error("the step after the cancelled one ran")
+	}
+
+	be.dispatch("dd1c0e4a9b7d4c2e8f6a1b3c5d7e9f03", "dep-pause", url2, sum2, size2)
+	waitFor(t, "paused", func() bool { return be.event("dep-pause", "paused") != nil })
+	cancel("dd1c0e4a9b7d4c2e8f6a1b3c5d7e9f04", "dep-pause")
+	waitFor(t, "flow-finished", func() bool { return be.event("dep-pause", "flow-finished") != nil })
+	if r := be.event("dep-pause", "resumed"); r["action"] != "Abort" || r["by"] != "alice" {
+		t.Errorf("resumed = %v, want Abort by alice", r)
+	}
+	if ff := be.event("dep-pause", "flow-finished"); ff["status"] == "Succeeded" {
+		t.Errorf("cancelled paused flow ended %v", ff)
+	}
+	be.checkSeqs()
+}

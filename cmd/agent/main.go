@@ -46,6 +46,7 @@ func applyCmd(stdout, stderr io.Writer) *cobra.Command {
 		output, level string
 		labels, vars  []string
 		keys          []string
+		guided        string
 	)
 	cmd := &cobra.Command{
 		Use:   "apply FLOW|BUNDLE",
@@ -58,6 +59,11 @@ its expiry, the devices and labels it is for, that its release is newer
 than the one installed, and, with --trusted-key, that one of those keys
 signed it. A refused bundle runs nothing and ends Failed with an Integrity
 error, journaled like any execution.
+
+With --guided-failure TIMEOUT[:ONTIMEOUT] (such as 30m or 30m:RollbackFlow),
+a failure that would abort the flow pauses for guidance instead (answer it
+with "edgeflow-agent guide"); with no guidance within TIMEOUT, ONTIMEOUT
+applies (default Abort). See docs/failure-handling.md, "Guided failure".
 
 Exit status: 0 when the flow succeeded, 1 for any other end (Failed,
 RolledBack, RollbackFailed, a refused bundle), 2 for an invalid flow or bad
@@ -85,6 +91,11 @@ usage (nothing ran).`,
 				}
 				opts.TrustedKeys = append(opts.TrustedKeys, pub)
 			}
+			if guided != "" {
+				if opts.GuidedFailure, err = agent.ParseGuidedFailure(guided); err != nil {
+					return err
+				}
+			}
 			if output == "text" {
 				opts.Observe = agent.Progress(stderr)
 			}
@@ -105,6 +116,7 @@ usage (nothing ran).`,
 	_ = f.MarkHidden("boot-id-file")
 	f.StringArrayVar(&keys, "trusted-key", nil, "public key (PREFIX.pub of edgeflow keygen) that may sign bundles (repeatable; with any, unsigned bundles are refused)")
 	f.BoolVar(&opts.AllowReinstall, "allow-reinstall", false, "accept a bundle of the release already installed")
+	f.StringVar(&guided, "guided-failure", "", "TIMEOUT[:ONTIMEOUT]: pause a failure that would abort the flow for guidance, up to TIMEOUT, then apply ONTIMEOUT (default Abort)")
 	f.StringVar(&opts.ComposeDir, "compose-dir", compose.DefaultDir, "root of the compose projects' directories (compose steps)")
 	f.Var(commandValue{&opts.ComposeCommand}, "compose-command", `the Compose CLI, such as "docker-compose" (default: "docker compose" if present, else "docker-compose")`)
 	f.StringVar(&level, "log-level", "warn", "log level on stderr: debug, info, warn, error")
