@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"time"
 
+	"github.com/edgeflow/edgeflow/controller/api"
 	"github.com/edgeflow/edgeflow/controller/store"
 	"github.com/edgeflow/edgeflow/transport"
 )
@@ -24,17 +26,38 @@ func (c *Controller) commandMessage(ctx context.Context, cmd store.Command) (*tr
 		if err != nil {
 			return nil, err
 		}
-		body = c.dispatchBody(d, b)
+		r, err := c.st.Run(ctx, cmd.Deployment, cmd.Device)
+		if err != nil {
+			return nil, err
+		}
+		body = c.dispatchBody(d, b, r.GuidedFailure)
 	case transport.TypeCancel:
 		body = &transport.Cancel{Deployment: cmd.Deployment, By: cmd.By, Note: cmd.Note}
+	case transport.TypeGuide:
+		body = &transport.Guide{Deployment: cmd.Deployment, Step: cmd.Step, Action: cmd.Action, By: cmd.By, Note: cmd.Note}
+	case transport.TypeMarkFailed:
+		body = &transport.MarkFailed{Deployment: cmd.Deployment, Step: cmd.Step, By: cmd.By, Note: cmd.Note}
 	default:
 		return nil, fmt.Errorf("command %s: unknown type %q", cmd.ID, cmd.Type)
 	}
 	return &transport.Message{V: transport.Version, ID: cmd.ID, Type: cmd.Type, Device: cmd.Device, Time: cmd.Time, Body: body}, nil
 }
 
-func (c *Controller) dispatchBody(d store.Deployment, b store.Bundle) *transport.Dispatch {
-	return &transport.Dispatch{Deployment: d.ID, URL: c.BundleURL(b.SHA256), SHA256: b.SHA256, Size: b.Size, Vars: d.Vars}
+// dispatchBody is the dispatch of deployment d's bundle b, asking for
+// guided failure with gf (nil: none).
+func (c *Controller) dispatchBody(d store.Deployment, b store.Bundle, gf *api.GuidedFailure) *transport.Dispatch {
+	body := &transport.Dispatch{Deployment: d.ID, URL: c.BundleURL(b.SHA256), SHA256: b.SHA256, Size: b.Size, Vars: d.Vars}
+	if gf != nil {
+		// Checked when the deployment (or the setting) was made.
+		t, _ := time.ParseDuration(gf.Timeout)
+		body.GuidedFailure = &transport.GuidedFailure{TimeoutSeconds: timeoutSeconds(t), OnTimeout: gf.OnTimeout}
+	}
+	return body
+}
+
+// timeoutSeconds is d in whole seconds, rounded up.
+func timeoutSeconds(d time.Duration) int64 {
+	return int64((d + time.Second - 1) / time.Second)
 }
 
 // sendCommands publishes cmds, a device's commands in the order given and

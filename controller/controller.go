@@ -66,10 +66,19 @@ type Options struct {
 	PublishTimeout time.Duration
 	// MaxBatch is the most messages committed together (0: DefaultMaxBatch).
 	MaxBatch int
+	// AllowMarkFailed lets operators stop running steps as failed (POST
+	// .../mark-failed); without it that request is refused (403).
+	AllowMarkFailed bool
+	// GuidedFailure, when set, asks every dispatch to a device whose
+	// labels match its selector for guided failure.
+	GuidedFailure *GuidedFailureSetting
 	// Logger receives the controller's logs; nil discards them.
 	Logger *slog.Logger
 	// Now returns the current time (nil: time.Now).
 	Now func() time.Time
+	// AfterFunc arms the rollouts' timers (nil: time.AfterFunc); a test
+	// gives a fake clock's, with Now.
+	AfterFunc AfterFunc
 }
 
 // Controller is the controller's logic. Its methods are safe for
@@ -91,8 +100,10 @@ type Controller struct {
 	// gets a deployment's dispatch before its cancel.
 	pubMu sync.Mutex
 
-	feed    *hub
-	resends *resendQueue
+	feed      *hub
+	resends   *resendQueue
+	timers    rolloutTimers
+	afterFunc AfterFunc
 }
 
 // New checks opts and returns a controller. It removes upload leftovers
@@ -128,6 +139,19 @@ func New(opts Options) (*Controller, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
+	if opts.AfterFunc == nil {
+		opts.AfterFunc = realAfterFunc
+	}
+	if g := opts.GuidedFailure; g != nil {
+		a, err := CheckGuidedFailure("guided failure:", g.Timeout, g.OnTimeout)
+		if err != nil {
+			return nil, fmt.Errorf("new controller: %w", err)
+		}
+		if len(g.Selector) == 0 {
+			return nil, errors.New("new controller: guided failure: an empty selector (it would match every device; give K=V labels)")
+		}
+		opts.GuidedFailure = &GuidedFailureSetting{Selector: g.Selector, Timeout: g.Timeout, OnTimeout: a}
+	}
 	c := &Controller{
 		opts: opts, st: opts.Store, client: opts.Client, topics: opts.Topics,
 		log: opts.Logger, now: opts.Now,
@@ -135,6 +159,7 @@ func New(opts Options) (*Controller, error) {
 		bundleDir: filepath.Join(opts.Data, "bundles"),
 		feed:      newHub(),
 		resends:   newResendQueue(),
+		afterFunc: opts.AfterFunc,
 	}
 	if err := os.MkdirAll(c.bundleDir, 0o700); err != nil {
 		return nil, fmt.Errorf("new controller: create %s: %w", c.bundleDir, err)
@@ -166,6 +191,10 @@ func invalid(format string, args ...any) error {
 
 func notFound(format string, args ...any) error {
 	return &Error{Code: api.CodeNotFound, Message: fmt.Sprintf(format, args...)}
+}
+
+func forbidden(format string, args ...any) error {
+	return &Error{Code: api.CodeForbidden, Message: fmt.Sprintf(format, args...)}
 }
 
 func conflict(format string, args ...any) error {

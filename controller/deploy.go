@@ -67,56 +67,127 @@ func formatPairs(m map[string]string) string {
 	return strings.Join(parts, ",")
 }
 
-// Create validates req, stores the deployment with a run and a dispatch
-// per device (each with a fresh message id), and then publishes the
-// dispatches. A dispatch that cannot be published now stays pending and
-// goes out when the controller reconnects or the device comes online.
-// It returns the deployment with its runs; a refusal is an *Error with
-// code invalid.
-func (c *Controller) Create(ctx context.Context, req api.CreateDeployment) (api.Deployment, error) {
+// spec is a checked deployment request.
+type spec struct {
+	bundle        store.Bundle
+	devices       []string // by id
+	vars          map[string]string
+	rollout       *api.Rollout
+	targets       []int // the waves' cumulative targets, with a rollout
+	guidedFailure *api.GuidedFailure
+	retryOf       string
+}
+
+// check validates a deployment request; a refusal is an *Error with code
+// invalid. A retry is lenient with its rollout's waves (checkRollout).
+func (c *Controller) check(ctx context.Context, req api.CreateDeployment, retry bool) (spec, error) {
 	if !validSHA256(req.Bundle) {
-		return api.Deployment{}, invalid("bundle %q: want the sha256 of an uploaded bundle (64 lowercase hex digits)", req.Bundle)
+		return spec{}, invalid("bundle %q: want the sha256 of an uploaded bundle (64 lowercase hex digits)", req.Bundle)
 	}
 	b, err := c.st.Bundle(ctx, req.Bundle)
 	if errors.Is(err, store.ErrNotFound) {
-		return api.Deployment{}, invalid("bundle %s is not uploaded here (POST it to %s first)", req.Bundle, api.PathBundles)
+		return spec{}, invalid("bundle %s is not uploaded here (POST it to %s first)", req.Bundle, api.PathBundles)
 	}
 	if err != nil {
-		return api.Deployment{}, fmt.Errorf("create deployment: %w", err)
+		return spec{}, fmt.Errorf("create deployment: %w", err)
 	}
 	if err := checkPairs("vars", req.Vars); err != nil {
-		return api.Deployment{}, err
+		return spec{}, err
 	}
 	devices, err := c.targets(ctx, req)
 	if err != nil {
-		return api.Deployment{}, err
+		return spec{}, err
 	}
-
+	rollout, targets, err := checkRollout(req.Rollout, len(devices), retry)
+	if err != nil {
+		return spec{}, err
+	}
+	gf, err := checkGuidedFailure(req.GuidedFailure)
+	if err != nil {
+		return spec{}, err
+	}
+	// The largest dispatch each device may get: with a guided failure.
+	worst := gf
+	if worst == nil && c.opts.GuidedFailure != nil {
+		worst = &api.GuidedFailure{Timeout: c.opts.GuidedFailure.Timeout.String(), OnTimeout: c.opts.GuidedFailure.OnTimeout}
+	}
 	now := c.now().UTC()
-	d := store.Deployment{
-		ID: newDeploymentID(now), Bundle: b.SHA256, Vars: req.Vars, Devices: len(devices),
-		Status: api.DeploymentRunning, Created: now, Counts: map[string]int{api.DevicePending: len(devices)},
-	}
-	cmds := make([]store.Command, len(devices))
-	for i, dev := range devices {
-		cmds[i] = store.Command{ID: transport.NewID(), Type: transport.TypeDispatch, Device: dev, Deployment: d.ID, Time: now}
-		m := &transport.Message{V: transport.Version, ID: cmds[i].ID, Type: transport.TypeDispatch, Device: dev, Time: now, Body: c.dispatchBody(d, b)}
+	d := store.Deployment{ID: newDeploymentID(now), Vars: req.Vars}
+	for _, dev := range devices {
+		m := &transport.Message{V: transport.Version, ID: transport.NewID(), Type: transport.TypeDispatch, Device: dev, Time: now, Body: c.dispatchBody(d, b, worst)}
 		if _, err := m.Encode(); err != nil {
-			return api.Deployment{}, invalid("dispatch to device %s: %v", dev, err)
+			return spec{}, invalid("dispatch to device %s: %v", dev, err)
 		}
 	}
+	return spec{bundle: b, devices: devices, vars: req.Vars, rollout: rollout, targets: targets, guidedFailure: gf}, nil
+}
 
+// create adds a deployment of s to the work: the deployment, a run per
+// device and the dispatches it makes now: to every device without a
+// rollout, else to the first wave's (up to maxInFlight).
+func (w *work) create(s spec, now time.Time) (*store.Deployment, error) {
+	d := &store.Deployment{
+		ID: newDeploymentID(now), Bundle: s.bundle.SHA256, Vars: s.vars, Devices: len(s.devices),
+		Status: api.DeploymentRunning, Created: now, Counts: map[string]int{},
+		Rollout: s.rollout, GuidedFailure: s.guidedFailure, RetryOf: s.retryOf,
+	}
+	for _, t := range s.targets {
+		d.Waves = append(d.Waves, store.Wave{Target: t, Counts: map[string]int{}})
+	}
+	w.addDeployment(d)
+	b := s.bundle
+	w.bundles[b.SHA256] = &b
+	runs := make([]*store.Run, len(s.devices))
+	for i, dev := range s.devices {
+		r := &store.Run{Deployment: d.ID, DeviceRun: api.DeviceRun{Device: dev, Status: api.DeviceWaiting, Updated: now}}
+		if d.Rollout != nil {
+			r.Wave = waveOf(s.targets, i)
+			d.Waves[r.Wave-1].Counts[api.DeviceWaiting]++
+		}
+		count(d, api.DeviceWaiting, +1)
+		runs[i] = r
+		w.putRun(r)
+	}
+	w.created[d.ID] = runs
+	w.creating = true
+	defer func() { w.creating = false }()
+	if d.Rollout == nil {
+		for _, r := range runs {
+			if err := w.dispatch(d, r, now); err != nil {
+				return nil, err
+			}
+		}
+		d.Dispatched, d.Cursor = len(runs), ""
+		settle(d, now)
+	} else {
+		startWave(d, 1, now)
+		if err := w.advance(d, now); err != nil {
+			return nil, err
+		}
+	}
+	// The first feed event: the deployment as created, its first
+	// dispatches made.
+	if err := w.deploymentEvent(d, true); err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+// Create validates req, stores the deployment with a run per device, and
+// dispatches: to every device at once without a rollout, else to the
+// first wave's devices (up to maxInFlight), the rest waiting for their
+// turn. A dispatch is stored with a fresh message id before it is
+// published; one that cannot be published now stays pending and goes out
+// when the controller reconnects or the device comes online. It returns
+// the deployment with its runs; a refusal is an *Error with code invalid.
+func (c *Controller) Create(ctx context.Context, req api.CreateDeployment) (api.Deployment, error) {
+	s, err := c.check(ctx, req, false)
+	if err != nil {
+		return api.Deployment{}, err
+	}
 	c.mu.Lock()
 	w := c.newWork(ctx)
-	w.addDeployment(&d)
-	w.bundles[b.SHA256] = &b
-	for _, cmd := range cmds {
-		w.putRun(&store.Run{Deployment: d.ID, DeviceRun: api.DeviceRun{
-			Device: cmd.Device, Status: api.DevicePending, Dispatch: cmd.ID, Updated: now,
-		}})
-	}
-	w.batch.PutCommands = cmds
-	err = w.deploymentEvent(&d, true)
+	d, err := w.create(s, c.now().UTC())
 	var feed []store.FeedEvent
 	if err == nil {
 		feed, err = w.commit()
@@ -128,12 +199,9 @@ func (c *Controller) Create(ctx context.Context, req api.CreateDeployment) (api.
 	if err != nil {
 		return api.Deployment{}, fmt.Errorf("create deployment: %w", err)
 	}
-	c.log.Info("deployment created", "deployment", d.ID, "bundle", b.SHA256, "flow", b.Flow, "devices", len(devices))
-
+	c.log.Info("deployment created", "deployment", d.ID, "bundle", s.bundle.SHA256, "flow", s.bundle.Flow, "devices", len(s.devices), "dispatched", len(w.send))
 	// The dispatches are stored: publishing them outlives the request.
-	if failed, err := c.sendCommands(context.WithoutCancel(ctx), cmds); err != nil {
-		c.log.Warn("publish dispatches; they go out again on the next connect or presence", "deployment", d.ID, "failed", failed, "error", err)
-	}
+	c.after(context.WithoutCancel(ctx), w)
 	return c.Deployment(ctx, d.ID)
 }
 
@@ -185,103 +253,147 @@ func matches(labels, selector map[string]string) bool {
 }
 
 // Cancel cancels a deployment that has not finished: it publishes a
-// cancel to every device whose run has not finished. A Pending or Queued
-// run (the device has not started it) becomes Cancelled at once and its
-// dispatch is no longer sent again; a Running or Paused run keeps its
-// status until the agent reports how it ended, and its cancel is sent
-// again like a dispatch until then. The deployment becomes Cancelled once
-// no run is unfinished. Cancelling a final deployment is a conflict; a
-// second cancel sends the cancels again.
+// cancel to every device whose run has not finished. A Waiting, Pending
+// or Queued run (the device has not started it) becomes Cancelled at once
+// and its dispatch is no longer sent again; a Running or Paused run keeps
+// its status until the agent reports how it ended, and its cancel is sent
+// again like a dispatch until then. No device starts any more. The
+// deployment becomes Cancelled once no run is unfinished. Cancelling a
+// final deployment is a conflict; a second cancel sends the cancels again.
 func (c *Controller) Cancel(ctx context.Context, id string, req api.Cancel) (api.Deployment, error) {
-	if len(req.By) > transport.MaxNameLen || !utf8.ValidString(req.By) {
-		return api.Deployment{}, invalid("by: want valid UTF-8 of at most %d bytes", transport.MaxNameLen)
-	}
-	if len(req.Note) > transport.MaxTextLen || !utf8.ValidString(req.Note) {
-		return api.Deployment{}, invalid("note: want valid UTF-8 of at most %d bytes", transport.MaxTextLen)
-	}
-	send, err := c.cancel(ctx, id, req)
-	if err != nil {
+	if err := checkWho(req.By, req.Note); err != nil {
 		return api.Deployment{}, err
 	}
-	if failed, err := c.sendCommands(context.WithoutCancel(ctx), send); err != nil {
-		c.log.Warn("publish cancels", "deployment", id, "failed", failed, "error", err)
+	c.mu.Lock()
+	w := c.newWork(ctx)
+	err := c.cancel(w, id, req)
+	var feed []store.FeedEvent
+	if err == nil {
+		feed, err = w.commit()
 	}
+	if err == nil {
+		c.feed.publish(feed)
+	}
+	c.mu.Unlock()
+	if err != nil {
+		return api.Deployment{}, wrapUnlessRefused(err, "cancel deployment "+id)
+	}
+	c.after(context.WithoutCancel(ctx), w)
 	return c.Deployment(ctx, id)
 }
 
-// cancel records a cancel and returns the commands to publish.
-func (c *Controller) cancel(ctx context.Context, id string, req api.Cancel) ([]store.Command, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	w := c.newWork(ctx)
+// checkWho checks a request's by and note.
+func checkWho(by, note string) error {
+	if len(by) > transport.MaxNameLen || !utf8.ValidString(by) {
+		return invalid("by: want valid UTF-8 of at most %d bytes", transport.MaxNameLen)
+	}
+	if len(note) > transport.MaxTextLen || !utf8.ValidString(note) {
+		return invalid("note: want valid UTF-8 of at most %d bytes", transport.MaxTextLen)
+	}
+	return nil
+}
+
+// wrapUnlessRefused adds what was being done to an error, unless it is a
+// refusal (*Error), whose message stands as it is.
+func wrapUnlessRefused(err error, op string) error {
+	var e *Error
+	if errors.As(err, &e) {
+		return err
+	}
+	return fmt.Errorf("%s: %w", op, err)
+}
+
+// cancel records a cancel in the work, with the commands to publish.
+func (c *Controller) cancel(w *work, id string, req api.Cancel) error {
 	d, err := w.deployment(id)
 	if err != nil {
-		return nil, fmt.Errorf("cancel deployment %s: %w", id, err)
+		return err
 	}
 	if d == nil {
-		return nil, notFound("deployment %s not found", id)
+		return notFound("deployment %s not found", id)
 	}
 	if deploymentFinal(d.Status) {
-		return nil, conflict("deployment %s has already ended: %s", id, d.Status)
+		return conflict("deployment %s has already ended: %s", id, d.Status)
 	}
 	now := c.now().UTC()
 	if d.Cancel == nil {
 		d.Cancel = &api.Cancellation{By: req.By, Note: req.Note, Time: now}
-		w.dirtyDeployments[id] = true
 	}
-	runs, err := c.st.Runs(ctx, id)
+	d.AwaitingPromotion, d.PausedUntil = false, nil
+	w.audit(d, api.AuditEntry{Time: now, By: req.By, Action: api.AuditCancel, Note: req.Note})
+	runs, err := c.st.Runs(w.ctx, id)
 	if err != nil {
-		return nil, fmt.Errorf("cancel deployment %s: %w", id, err)
+		return err
 	}
-	var send []store.Command
-	for _, r := range runs {
+	sent := 0
+	for _, sr := range runs {
+		r := w.adopt(sr)
 		if runFinished(r.Status) {
 			continue
 		}
-		cmd := store.Command{ID: transport.NewID(), Type: transport.TypeCancel, Device: r.Device, Deployment: id, Time: now, By: req.By, Note: req.Note}
 		switch r.Status {
+		case api.DeviceWaiting:
+			// Never dispatched: nothing to tell the device.
+			setRunStatus(d, &r.DeviceRun, api.DeviceCancelled)
+			r.Updated = now
+			w.putRun(r)
+			w.deviceEvent(d, r, nil)
+			continue
 		case api.DevicePending, api.DeviceQueued:
 			setRunStatus(d, &r.DeviceRun, api.DeviceCancelled)
 			r.Updated = now
-			w.putRun(&r)
-			w.deviceEvent(d, &r, nil)
+			w.putRun(r)
+			w.deviceEvent(d, r, nil)
 			w.batch.DeleteCommands = append(w.batch.DeleteCommands, store.CommandKey{Device: r.Device, Deployment: id, Type: transport.TypeDispatch})
-		default:
-			pending, err := c.st.Commands(ctx, r.Device)
-			if err != nil {
-				return nil, fmt.Errorf("cancel deployment %s: %w", id, err)
-			}
-			if i := slices.IndexFunc(pending, func(p store.Command) bool { return p.Deployment == id && p.Type == transport.TypeCancel }); i >= 0 {
-				cmd = pending[i] // the same intent: the same id
-			} else {
-				w.batch.PutCommands = append(w.batch.PutCommands, cmd)
-			}
 		}
-		send = append(send, cmd)
+		keep := r.Status != api.DeviceCancelled
+		cmd, err := w.cancelCommand(id, r.Device, req.By, req.Note, keep, now)
+		if err != nil {
+			return err
+		}
+		w.send = append(w.send, cmd)
+		sent++
 	}
 	settle(d, now)
 	if err := w.deploymentEvent(d, false); err != nil {
-		return nil, fmt.Errorf("cancel deployment %s: %w", id, err)
+		return err
 	}
-	feed, err := w.commit()
-	if err != nil {
-		return nil, fmt.Errorf("cancel deployment %s: %w", id, err)
-	}
-	c.feed.publish(feed)
-	c.log.Info("deployment cancel requested", "deployment", id, "by", req.By, "devices", len(send), "status", d.Status)
-	return send, nil
+	c.log.Info("deployment cancel requested", "deployment", id, "by", req.By, "devices", sent, "status", d.Status)
+	return nil
 }
 
-// deploymentView is a deployment as the API shows it, without its runs.
+// deploymentView is a deployment as the API shows it, without its runs
+// and its audit.
 func (c *Controller) deploymentView(d store.Deployment, b store.Bundle) api.Deployment {
 	counts := maps.Clone(d.Counts)
 	if counts == nil {
 		counts = map[string]int{}
 	}
-	return api.Deployment{
+	v := api.Deployment{
 		ID: d.ID, Bundle: c.bundleView(b), Vars: d.Vars, Status: d.Status,
 		Created: d.Created, Finished: d.Finished, Counts: counts, Cancel: d.Cancel,
+		Rollout: d.Rollout, GuidedFailure: d.GuidedFailure, Wave: d.Wave,
+		AwaitingPromotion: d.AwaitingPromotion, PausedUntil: d.PausedUntil, Abort: d.Abort,
+		RetryOf: d.RetryOf, Retries: slices.Clone(d.Retries),
 	}
+	prev := 0
+	for i, wv := range d.Waves {
+		status := api.WaveWaiting
+		switch {
+		case wv.Finished != nil:
+			status = api.WaveFinished
+		case wv.Started != nil:
+			status = api.WaveRunning
+		}
+		wc := maps.Clone(wv.Counts)
+		if wc == nil {
+			wc = map[string]int{}
+		}
+		v.Waves = append(v.Waves, api.Wave{Number: i + 1, Target: wv.Target, Devices: wv.Target - prev, Status: status,
+			Started: wv.Started, Finished: wv.Finished, Counts: wc})
+		prev = wv.Target
+	}
+	return v
 }
 
 func (c *Controller) bundleView(b store.Bundle) api.Bundle {
@@ -303,6 +415,7 @@ func (c *Controller) Deployment(ctx context.Context, id string) (api.Deployment,
 		return api.Deployment{}, fmt.Errorf("deployment %s: %w", id, err)
 	}
 	view := c.deploymentView(d, b)
+	view.Audit = slices.Clone(d.Audit)
 	view.Devices = make([]api.DeviceRun, len(runs))
 	for i, r := range runs {
 		view.Devices[i] = r.DeviceRun

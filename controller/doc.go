@@ -1,8 +1,9 @@
 // Package controller is edgeflow's controller: it keeps the fleet's
-// devices (from their presence), the uploaded bundles and the deployments,
-// sends dispatches and cancels to agents over MQTT, ingests the agents'
-// events in order and acknowledges them, and serves the REST API of
-// controller/api (Handler) with a live feed per deployment.
+// devices (from their presence), the uploaded bundles and the deployments
+// (with their rollouts), sends dispatches, cancels, guidance and
+// mark-failed to agents over MQTT, ingests the agents' events in order and
+// acknowledges them, and serves the REST API of controller/api (Handler)
+// with a live feed per deployment.
 //
 // A Controller does not own its connections: the caller gives it a store
 // (controller/store), something to publish with (the MQTT client), and
@@ -30,7 +31,12 @@
 //
 // Each device of a deployment has a run. The agent's events move it:
 //
-//	        Create: dispatch stored, then published (sent again with the
+//	   rollout: Waiting ──the schedule──┐   no rollout: dispatched by Create
+//	   (no dispatch yet)  dispatches it │           │
+//	    │ cancel  │ abort tripped       │           │
+//	    ▼         ▼                     │           │
+//	Cancelled   Skipped                 ▼           ▼
+//	        dispatch stored, then published (sent again with the
 //	        same id on every reconnect and when the device comes online)
 //	                             │
 //	                             ▼
@@ -52,6 +58,9 @@
 //	                           ▼
 //	      Succeeded | Failed | Aborted | RolledBack | RollbackFailed | ...
 //
+//	Paused ──guide Exclude──► Excluded
+//	Pending, Queued, Running, Paused ──rollout deviceTimeout──► TimedOut
+//
 // step-started, step-finished and rollback-action events fill the run's
 // steps and rollback actions. A run that has finished (Rejected or a
 // flow-finished status) stays as it is: a later event is stored but
@@ -60,17 +69,45 @@
 // controller set it without hearing from the device (a cancel of a
 // Pending or Queued run), so a report from the device still moves the run
 // on; only a rejected of kind UserMarkedFailure (the agent confirming that
-// it dropped the dispatch) leaves it Cancelled. A cancel of a Running or Paused run waits for the agent's
-// flow-finished.
+// it dropped the dispatch) leaves it Cancelled. A cancel of a Running or
+// Paused run waits for the agent's flow-finished. Excluded (an operator's
+// Exclude guidance), TimedOut (the rollout's deviceTimeout passed since
+// the dispatch; the device gets a cancel) and Skipped (the rollout
+// aborted before the device's turn) are set by the controller and final:
+// the device's later reports are stored but do not move them.
 //
 // # A deployment
 //
-//	Running ──every run finished──┬─► Succeeded   every run Succeeded
-//	   │                          └─► Failed      any other mix
-//	   └──cancelled, every run finished──► Cancelled
+//	Running ◄──────────► Paused    waits: for a promotion, the end of a pause
+//	   │                   │       between waves, or guidance of a Paused run
+//	   └──every run finished──┬─► Succeeded   every run Succeeded (or Excluded)
+//	                          ├─► Failed      any other mix
+//	                          ├─► Cancelled   an operator cancelled it
+//	                          └─► Aborted     the rollout's abort threshold tripped
 //
 // A deployment's status is final once every run has finished, and stays
 // final: later events still update runs and counts. Each change appends
 // an api.Event to the deployment's feed (stored, with a per-deployment
 // Seq) and wakes the feed's watchers without blocking ingestion.
+//
+// # Rollouts
+//
+// A deployment with a rollout starts its devices in waves (cumulative
+// targets, in device id order), at most maxInFlight at a time, with a
+// pause or a promotion between waves, and stops starting devices when its
+// abort threshold trips. The scheduler (work.advance) runs in the same
+// unit of work as whatever may let the rollout go on — an agent's event,
+// an operator's request (create, promote, guide, cancel), a timer — so its
+// decisions are committed with their cause. Its state is all in the
+// store (each run's wave, dispatch time and deadline; the deployment's
+// wave, cursor, pause, abort and tally); the timers (one per deployment,
+// for a pause's end or a device's deadline) are armed again from it when
+// Run starts. docs/rollouts.md has the whole story.
+//
+//	wave:  Waiting ──started──► Running ──its runs and earlier ones finished──► Finished
+//	next:  Finished ──pause ""──► start   ──pause D──► start at finished+D
+//	                ──pause manual──► awaitingPromotion ──promote──► start
+//
+// Operators' requests (guide, mark-failed, cancel, promote, retry) are
+// recorded in the deployment's audit in the same commit.
 package controller

@@ -233,6 +233,7 @@ type device struct {
 	mu       sync.Mutex
 	commands []*transport.Message
 	acks     []uint64
+	seq      uint64 // the last seq send used
 }
 
 func (e *env) device(id string) *device {
@@ -399,4 +400,143 @@ func decodeJSON[T any](t testing.TB, data []byte) T {
 		t.Fatalf("decode %s: %v", data, err)
 	}
 	return v
+}
+
+// clock is a fake clock for the controller's Now and AfterFunc: time
+// moves only with Advance, which fires the timers that came due (each in
+// its own goroutine, as time.AfterFunc does).
+type clock struct {
+	mu     sync.Mutex
+	now    time.Time
+	timers []*clockTimer
+}
+
+type clockTimer struct {
+	at              time.Time
+	f               func()
+	stopped, called bool
+}
+
+func newClock() *clock { return &clock{now: time.Date(2030, 1, 2, 10, 0, 0, 0, time.UTC)} }
+
+func (c *clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *clock) AfterFunc(d time.Duration, f func()) func() bool {
+	c.mu.Lock()
+	t := &clockTimer{at: c.now.Add(d), f: f}
+	c.timers = append(c.timers, t)
+	due := !t.at.After(c.now)
+	if due {
+		t.called = true
+	}
+	c.mu.Unlock()
+	if due {
+		go f()
+	}
+	return func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		was := !t.stopped && !t.called
+		t.stopped = true
+		return was
+	}
+}
+
+// Advance moves the clock on by d and fires the timers due.
+func (c *clock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	var due []func()
+	for _, t := range c.timers {
+		if !t.stopped && !t.called && !t.at.After(c.now) {
+			t.called = true
+			due = append(due, t.f)
+		}
+	}
+	c.mu.Unlock()
+	for _, f := range due {
+		go f()
+	}
+}
+
+// armed returns how many timers wait to fire.
+func (c *clock) armed() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for _, t := range c.timers {
+		if !t.stopped && !t.called {
+			n++
+		}
+	}
+	return n
+}
+
+// withClock sets the controller's clock to c (and applies more).
+func withClock(c *clock, more ...func(*controller.Options)) func(*controller.Options) {
+	return func(o *controller.Options) {
+		o.Now, o.AfterFunc = c.Now, c.AfterFunc
+		for _, m := range more {
+			m(o)
+		}
+	}
+}
+
+// send publishes an event with the device's next seq.
+func (d *device) send(body transport.Body) uint64 {
+	d.e.t.Helper()
+	d.mu.Lock()
+	d.seq++
+	seq := d.seq
+	d.mu.Unlock()
+	d.event(seq, body)
+	return seq
+}
+
+// dispatch waits for the device's dispatch of dep and returns it.
+func (d *device) dispatch(dep string) *transport.Message {
+	d.e.t.Helper()
+	return d.waitCommands(transport.TypeDispatch, dep, 1)[0]
+}
+
+// finish runs dep on the device to its end: accepted, then flow-finished
+// with status.
+func (d *device) finish(dep string, status transport.Status) {
+	d.e.t.Helper()
+	m := d.dispatch(dep)
+	d.send(accepted(dep, m.ID))
+	d.send(flowFinished(dep, status))
+}
+
+// commandsOf returns the commands of type ty for dep the device has now.
+func (d *device) commandsOf(ty transport.Type, dep string) []*transport.Message {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var out []*transport.Message
+	for _, m := range d.commands {
+		if m.Type == ty && transport.DeploymentOf(m.Body) == dep {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// postJSON posts v as JSON to path and decodes a 2xx answer into a new T;
+// it returns the status and the body too.
+func postJSON[T any](e *env, path string, v any) (T, int, []byte) {
+	e.t.Helper()
+	data, err := json.Marshal(v)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	resp, body := e.do("POST", path, bytes.NewReader(data), "Content-Type", "application/json")
+	var out T
+	if resp.StatusCode/100 == 2 {
+		out = decodeJSON[T](e.t, body)
+	}
+	return out, resp.StatusCode, body
 }

@@ -39,6 +39,12 @@ func (c *Controller) Handler() http.Handler {
 	handle("GET", api.PathDeploymentWatch, false, c.watch)
 	handle("GET", api.PathDeviceLogs, false, c.logs)
 	handle("POST", api.PathCancel, false, c.cancelDeployment)
+	handle("POST", api.PathPromote, false, c.promote)
+	handle("POST", api.PathRetry, false, c.retry)
+	handle("POST", api.PathMarkFailed, false, c.markFailed)
+	handle("POST", api.PathGuide, false, c.guideDevice)
+	handle("GET", api.PathInterventions, false, c.interventions)
+	handle("POST", api.PathGuideGroup, false, c.guideGroup)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, api.CodeNotFound, fmt.Sprintf("no such resource: %s %s", r.Method, r.URL.Path))
 	})
@@ -64,6 +70,7 @@ func (c *Controller) authorize(h http.HandlerFunc) http.HandlerFunc {
 var statusOf = map[string]int{
 	api.CodeInvalid:      http.StatusBadRequest,
 	api.CodeUnauthorized: http.StatusUnauthorized,
+	api.CodeForbidden:    http.StatusForbidden,
 	api.CodeNotFound:     http.StatusNotFound,
 	api.CodeConflict:     http.StatusConflict,
 	api.CodeTooLarge:     http.StatusRequestEntityTooLarge,
@@ -249,4 +256,74 @@ func (c *Controller) logs(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, api.LogList{Logs: logs})
+}
+
+// answer decodes the request's JSON body into a new T (optional: an empty
+// body is the zero T), calls fn with it and answers what fn returns with
+// status.
+func answer[T, R any](c *Controller, w http.ResponseWriter, r *http.Request, optional bool, status int, fn func(T) (R, error)) {
+	var req T
+	if err := decode(w, r, &req, optional); err != nil {
+		c.fail(w, r, err)
+		return
+	}
+	out, err := fn(req)
+	if err != nil {
+		c.fail(w, r, err)
+		return
+	}
+	writeJSON(w, status, out)
+}
+
+func (c *Controller) promote(w http.ResponseWriter, r *http.Request) {
+	answer(c, w, r, true, http.StatusOK, func(req api.Promote) (api.Deployment, error) {
+		return c.Promote(r.Context(), r.PathValue("id"), req)
+	})
+}
+
+func (c *Controller) retry(w http.ResponseWriter, r *http.Request) {
+	var req api.Retry
+	if err := decode(w, r, &req, true); err != nil {
+		c.fail(w, r, err)
+		return
+	}
+	d, err := c.Retry(r.Context(), r.PathValue("id"), req)
+	if err != nil {
+		c.fail(w, r, err)
+		return
+	}
+	w.Header().Set("Location", "/v1/deployments/"+d.ID)
+	writeJSON(w, http.StatusCreated, d)
+}
+
+func (c *Controller) markFailed(w http.ResponseWriter, r *http.Request) {
+	if !c.opts.AllowMarkFailed {
+		// Refused whatever the body says.
+		c.fail(w, r, errMarkFailedOff)
+		return
+	}
+	answer(c, w, r, false, http.StatusOK, func(req api.MarkFailed) (api.Deployment, error) {
+		return c.MarkFailed(r.Context(), r.PathValue("id"), req)
+	})
+}
+
+func (c *Controller) guideDevice(w http.ResponseWriter, r *http.Request) {
+	answer(c, w, r, false, http.StatusOK, func(req api.Guide) (api.Deployment, error) {
+		return c.Guide(r.Context(), r.PathValue("id"), r.PathValue("device"), req)
+	})
+}
+
+func (c *Controller) guideGroup(w http.ResponseWriter, r *http.Request) {
+	answer(c, w, r, false, http.StatusOK, func(req api.Guide) (api.GuideResult, error) {
+		return c.GuideGroup(r.Context(), r.PathValue("group"), req)
+	})
+}
+
+func (c *Controller) interventions(w http.ResponseWriter, r *http.Request) {
+	l, err := c.Interventions(r.Context())
+	if err != nil {
+		c.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, api.InterventionList{Interventions: l})
 }

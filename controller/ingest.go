@@ -8,14 +8,16 @@ import (
 
 	"github.com/edgeflow/edgeflow/controller/api"
 	"github.com/edgeflow/edgeflow/controller/store"
+	"github.com/edgeflow/edgeflow/onfailure"
 	"github.com/edgeflow/edgeflow/transport"
 	"github.com/edgeflow/edgeflow/transport/mqtt"
 )
 
 // Run ingests the messages the MQTT client receives (subscribed to
 // Topics.Filter(ChannelEvents) and Topics.Filter(ChannelPresence)) until
-// ctx ends, in batches of what has arrived, and sends pending commands
-// again when OnConnect or a device's presence asks for it. Run it once, in
+// ctx ends, in batches of what has arrived, sends pending commands again
+// when OnConnect or a device's presence asks for it, and keeps the
+// rollouts' timers (armed from the store when it starts). Run it once, in
 // its own goroutine; it returns when ctx ends or msgs is closed.
 func (c *Controller) Run(ctx context.Context, msgs <-chan mqtt.Message) {
 	var wg sync.WaitGroup
@@ -28,6 +30,10 @@ func (c *Controller) Run(ctx context.Context, msgs <-chan mqtt.Message) {
 	// Commands stored by an earlier run of the controller go out again
 	// now (and on every reconnect, through OnConnect).
 	c.resends.requestAll()
+	// The rollouts' timers (pauses between waves, device deadlines) are
+	// armed again from the store, and what came due meanwhile is done.
+	c.startTimers(ctx)
+	defer c.stopTimers()
 	for {
 		var batch []mqtt.Message
 		select {
@@ -124,6 +130,8 @@ func (c *Controller) Ingest(ctx context.Context, msgs []mqtt.Message) error {
 			c.resends.requestDevice(o.resend)
 		}
 	}
+	// The rollouts' next dispatches (and timers) that the events decided.
+	c.after(ctx, w)
 	return nil
 }
 
@@ -237,7 +245,6 @@ func (c *Controller) ingestEvent(w *work, device string, m mqtt.Message) (outcom
 	return outcome{ack: device}, c.applyEvent(w, device, msg, m.Payload)
 }
 
-
 // dispatchOf returns the dispatch id an answer to a dispatch names.
 func dispatchOf(b transport.Body) string {
 	switch b := b.(type) {
@@ -287,14 +294,18 @@ func (c *Controller) applyEvent(w *work, device string, msg *transport.Message, 
 	if id := dispatchOf(msg.Body); id != "" && id != r.Dispatch {
 		log.Warn("agent answers another dispatch than the one sent", "dispatch", id, "sent", r.Dispatch)
 	}
-	old := r.Status
+	// What the device reports ends the commands it answers, whatever it
+	// does to the run (an Excluded or TimedOut run stays as it is).
+	for _, ty := range answered(msg.Body) {
+		w.batch.DeleteCommands = append(w.batch.DeleteCommands, store.CommandKey{Device: device, Deployment: depID, Type: ty})
+	}
+	old, oldErr := r.Status, r.Error
 	if !applyEvent(&r.DeviceRun, msg, now) {
 		log.Debug("event changes nothing", "type", msg.Type, "status", r.Status)
 		return nil
 	}
+	moved(d, &r.DeviceRun, old, oldErr)
 	if old != r.Status {
-		count(d, old, -1)
-		count(d, r.Status, +1)
 		log.Info("device run changed", "status", r.Status, "type", msg.Type)
 		if r.Status != api.DevicePending {
 			w.batch.DeleteCommands = append(w.batch.DeleteCommands, store.CommandKey{Device: device, Deployment: depID, Type: transport.TypeDispatch})
@@ -306,11 +317,33 @@ func (c *Controller) applyEvent(w *work, device string, msg *transport.Message, 
 	w.putRun(r)
 	w.deviceEvent(d, r, payload)
 	was := d.Status
-	settle(d, now)
+	if err := w.advance(d, now); err != nil {
+		return err
+	}
 	if d.Status != was {
 		log.Info("deployment status changed", "status", d.Status, "counts", d.Counts)
 	}
 	return w.deploymentEvent(d, false)
+}
+
+// answered returns the types of the pending commands an event answers: a
+// resumed answers a guide; a paused, or a step that failed as marked,
+// answers a mark-failed; the end of the flow (flow-finished, rejected)
+// answers every command of the deployment.
+func answered(b transport.Body) []transport.Type {
+	switch b := b.(type) {
+	case *transport.Resumed:
+		return []transport.Type{transport.TypeGuide}
+	case *transport.Paused:
+		return []transport.Type{transport.TypeMarkFailed}
+	case *transport.StepFinished:
+		if b.Error != nil && b.Error.Type == onfailure.UserMarkedFailure {
+			return []transport.Type{transport.TypeMarkFailed}
+		}
+	case *transport.FlowFinished, *transport.Rejected:
+		return []transport.Type{transport.TypeDispatch, transport.TypeCancel, transport.TypeGuide, transport.TypeMarkFailed}
+	}
+	return nil
 }
 
 // publishAcks publishes a cumulative ack per device and returns the

@@ -54,6 +54,12 @@ type ServeConfig struct {
 	Token string
 	// MaxBundleSize caps uploads (0: DefaultMaxBundleSize).
 	MaxBundleSize int64
+	// AllowMarkFailed lets operators stop running steps as failed
+	// (Options.AllowMarkFailed).
+	AllowMarkFailed bool
+	// GuidedFailure, when set, asks for guided failure on every dispatch
+	// to a device whose labels match its selector (Options.GuidedFailure).
+	GuidedFailure *GuidedFailureSetting
 	// Logger receives every log line; nil discards them.
 	Logger *slog.Logger
 	// Ready, when set, is called once the API and the broker listen.
@@ -177,6 +183,7 @@ func Serve(ctx context.Context, cfg ServeConfig) (err error) {
 	ctrl, err = New(Options{
 		Data: cfg.Data, Store: st, Client: client, Topics: topics, PublicURL: publicURL,
 		Token: cfg.Token, MaxBundleSize: cfg.MaxBundleSize, Logger: log,
+		AllowMarkFailed: cfg.AllowMarkFailed, GuidedFailure: cfg.GuidedFailure,
 	})
 	if err != nil {
 		return configErr("%w", err)

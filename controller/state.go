@@ -1,7 +1,8 @@
 package controller
 
 import (
-	"maps"
+	"encoding/json"
+	"slices"
 	"time"
 
 	"github.com/edgeflow/edgeflow/controller/api"
@@ -11,19 +12,45 @@ import (
 )
 
 // runFinished reports whether a device run status is final: anything but
-// Pending, Queued, Running and Paused.
+// Waiting, Pending, Queued, Running and Paused.
 func runFinished(status string) bool {
 	switch status {
-	case api.DevicePending, api.DeviceQueued, string(transport.StatusRunning), string(transport.StatusPaused):
+	case api.DeviceWaiting, api.DevicePending, api.DeviceQueued, string(transport.StatusRunning), string(transport.StatusPaused):
 		return false
 	}
 	return true
 }
 
+// inFlight reports whether a run was dispatched and has not finished.
+func inFlight(status string) bool {
+	return status != api.DeviceWaiting && !runFinished(status)
+}
+
+// runFailed reports whether a final run status is a failure: anything
+// final but Succeeded, Excluded, Cancelled and Skipped.
+func runFailed(status string) bool {
+	switch status {
+	case string(transport.StatusSucceeded), api.DeviceExcluded, api.DeviceCancelled, api.DeviceSkipped:
+		return false
+	}
+	return runFinished(status)
+}
+
+// failureKind is the error kind a failed run counts with.
+func failureKind(status string, e *transport.ErrorInfo) onfailure.Kind {
+	switch {
+	case status == api.DeviceTimedOut:
+		return onfailure.Timeout
+	case e != nil && e.Type != "":
+		return e.Type
+	}
+	return onfailure.Unknown
+}
+
 // deploymentFinal reports whether a deployment status is final.
 func deploymentFinal(status string) bool {
 	switch status {
-	case api.DeploymentSucceeded, api.DeploymentFailed, api.DeploymentCancelled:
+	case api.DeploymentSucceeded, api.DeploymentFailed, api.DeploymentCancelled, api.DeploymentAborted, api.DeploymentRolledBack:
 		return true
 	}
 	return false
@@ -39,7 +66,7 @@ func notStarted(status string) bool {
 // changed. It is pure: the caller stores the result. See the package doc
 // for the state machine.
 func applyEvent(run *api.DeviceRun, m *transport.Message, now time.Time) bool {
-	if runFinished(run.Status) && run.Status != api.DeviceCancelled {
+	if (runFinished(run.Status) && run.Status != api.DeviceCancelled) || run.Status == api.DeviceWaiting {
 		return false
 	}
 	before := snapshot(run)
@@ -92,6 +119,11 @@ func applyEvent(run *api.DeviceRun, m *transport.Message, now time.Time) bool {
 				s.Group = b.Group
 			}
 		}
+		p := &api.RunPause{Step: b.Step, Group: b.Group, Error: b.Error, Since: now, Until: b.Until}
+		if old := run.Pause; old != nil && samePause(old, p) {
+			p.Since = old.Since
+		}
+		run.Pause = p
 	case *transport.Resumed:
 		start(b.Execution)
 		run.Status = string(transport.StatusRunning)
@@ -105,6 +137,9 @@ func applyEvent(run *api.DeviceRun, m *transport.Message, now time.Time) bool {
 		run.Status, run.Error = string(b.Status), b.Error
 	default:
 		return false
+	}
+	if run.Status != string(transport.StatusPaused) {
+		run.Pause = nil
 	}
 	if equalRuns(before, run) {
 		return false
@@ -145,6 +180,9 @@ func equalRuns(a api.DeviceRun, b *api.DeviceRun) bool {
 		len(a.Steps) != len(b.Steps) || len(a.RollbackActions) != len(b.RollbackActions) {
 		return false
 	}
+	if (a.Pause == nil) != (b.Pause == nil) || (a.Pause != nil && (!samePause(a.Pause, b.Pause) || !a.Pause.Since.Equal(b.Pause.Since))) {
+		return false
+	}
 	for i := range a.Steps {
 		x, y := a.Steps[i], b.Steps[i]
 		if x.Name != y.Name || x.Group != y.Group || x.Rollback != y.Rollback || x.Status != y.Status ||
@@ -153,6 +191,12 @@ func equalRuns(a api.DeviceRun, b *api.DeviceRun) bool {
 		}
 	}
 	return true
+}
+
+// samePause reports whether two pauses are the same wait (Since aside).
+func samePause(a, b *api.RunPause) bool {
+	return a.Step == b.Step && a.Group == b.Group && equalError(a.Error, b.Error) &&
+		(a.Until == nil) == (b.Until == nil) && (a.Until == nil || a.Until.Equal(*b.Until))
 }
 
 func equalError(a, b *transport.ErrorInfo) bool {
@@ -164,27 +208,78 @@ func equalError(a, b *transport.ErrorInfo) bool {
 
 // setRunStatus moves a run to status and keeps the deployment's counts.
 func setRunStatus(d *store.Deployment, run *api.DeviceRun, status string) {
-	if run.Status == status {
-		return
+	setRun(d, run, status, run.Error)
+}
+
+// setRun moves a run to status with the error e, and keeps the
+// deployment's counts.
+func setRun(d *store.Deployment, run *api.DeviceRun, status string, e *transport.ErrorInfo) {
+	old, oldErr := run.Status, run.Error
+	run.Status, run.Error = status, e
+	moved(d, run, old, oldErr)
+}
+
+// moved records that run went from the status old (with the error
+// oldErr) to its status now: the deployment's counts, its wave's counts
+// and the abort threshold's tally follow.
+func moved(d *store.Deployment, run *api.DeviceRun, old string, oldErr *transport.ErrorInfo) {
+	if old != run.Status {
+		count(d, old, -1)
+		count(d, run.Status, +1)
+		if run.Wave >= 1 && run.Wave <= len(d.Waves) {
+			w := &d.Waves[run.Wave-1]
+			w.Counts = countIn(w.Counts, old, -1)
+			w.Counts = countIn(w.Counts, run.Status, +1)
+		}
 	}
-	count(d, run.Status, -1)
-	count(d, status, +1)
-	run.Status = status
+	f0, x0 := judge(d, old, oldErr)
+	f1, x1 := judge(d, run.Status, run.Error)
+	d.Tally.Finished += f1 - f0
+	d.Tally.Failed += x1 - x0
+}
+
+// judge says whether a run in status (with error e) counts as finished
+// for the deployment's abort threshold, and as failed with a kind it
+// counts. Without a threshold nothing counts.
+func judge(d *store.Deployment, status string, e *transport.ErrorInfo) (finished, failed int) {
+	if d.Rollout == nil || d.Rollout.Abort == nil || !runFinished(status) {
+		return 0, 0
+	}
+	switch {
+	case status == string(transport.StatusSucceeded):
+		return 1, 0
+	case !runFailed(status):
+		return 0, 0
+	}
+	k := failureKind(status, e)
+	errs := d.Rollout.Abort.Errors
+	if len(errs) == 0 || slices.Contains(errs, onfailure.AllErrors) || slices.Contains(errs, k) {
+		return 1, 1
+	}
+	return 1, 0
 }
 
 func count(d *store.Deployment, status string, n int) {
-	if d.Counts == nil {
-		d.Counts = map[string]int{}
-	}
-	d.Counts[status] += n
-	if d.Counts[status] <= 0 {
-		delete(d.Counts, status)
-	}
+	d.Counts = countIn(d.Counts, status, n)
 }
 
-// settle sets the deployment's status from its counts: Running while a run
-// has not finished; then Cancelled if an operator cancelled it, Succeeded
-// if every run Succeeded, Failed otherwise. A final status stays.
+func countIn(counts map[string]int, status string, n int) map[string]int {
+	if counts == nil {
+		counts = map[string]int{}
+	}
+	counts[status] += n
+	if counts[status] <= 0 {
+		delete(counts, status)
+	}
+	return counts
+}
+
+// settle sets the deployment's status from its counts: Running while a
+// run has not finished (Paused while it waits for a promotion, the end of
+// a pause between waves, or guidance of a paused device); then Cancelled
+// if an operator cancelled it, Aborted if its threshold tripped,
+// Succeeded if every run Succeeded (or was Excluded), Failed otherwise. A
+// final status stays.
 func settle(d *store.Deployment, now time.Time) {
 	if deploymentFinal(d.Status) {
 		return
@@ -198,22 +293,40 @@ func settle(d *store.Deployment, now time.Time) {
 	switch {
 	case unfinished > 0:
 		d.Status = api.DeploymentRunning
+		if d.AwaitingPromotion || d.PausedUntil != nil || d.Counts[string(transport.StatusPaused)] > 0 {
+			d.Status = api.DeploymentPaused
+		}
 		return
 	case d.Cancel != nil:
 		d.Status = api.DeploymentCancelled
-	case d.Counts[string(transport.StatusSucceeded)] == d.Devices:
+	case d.Abort != nil:
+		d.Status = api.DeploymentAborted
+	case d.Counts[string(transport.StatusSucceeded)]+d.Counts[api.DeviceExcluded] == d.Devices:
 		d.Status = api.DeploymentSucceeded
 	default:
 		d.Status = api.DeploymentFailed
 	}
 	t := now
 	d.Finished = &t
+	d.AwaitingPromotion, d.PausedUntil = false, nil
 }
 
-// sameSummary reports whether two deployment records show the same status
-// and counts (what a "deployment" feed event reports).
-func sameSummary(a, b *store.Deployment) bool {
-	return a.Status == b.Status && maps.Equal(a.Counts, b.Counts) && (a.Cancel == nil) == (b.Cancel == nil)
+// summary is what a "deployment" feed event reports of a deployment, to
+// tell whether one is due.
+func summary(d *store.Deployment) string {
+	s := struct {
+		Status   string
+		Counts   map[string]int
+		Cancel   bool
+		Wave     int
+		Waves    []store.Wave
+		Awaiting bool
+		Until    *time.Time
+		Abort    bool
+		Retries  int
+	}{d.Status, d.Counts, d.Cancel != nil, d.Wave, d.Waves, d.AwaitingPromotion, d.PausedUntil, d.Abort != nil, len(d.Retries)}
+	data, _ := json.Marshal(s)
+	return string(data)
 }
 
 // applyPresence updates a device record from its presence. An offline

@@ -7,6 +7,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/edgeflow/edgeflow/controller/api"
 	"github.com/edgeflow/edgeflow/controller/store"
@@ -31,10 +32,21 @@ type work struct {
 	dirtyDevices     map[string]bool
 	// summaries are the deployments as first read, to see whether a
 	// "deployment" feed event is due.
-	summaries map[string]store.Deployment
+	summaries map[string]string
 
 	batch store.Batch
 	feed  []store.FeedEvent
+	// send are the commands to publish once the batch is committed.
+	send []store.Command
+	// wake are the times the rollout's timer of a deployment must fire
+	// by (a pause's end, a device's deadline), to arm after the commit.
+	wake map[string]time.Time
+	// created are the runs of the deployments this work creates, by
+	// device id (they are not in the store yet).
+	created map[string][]*store.Run
+	// creating: dispatches made now are part of the deployment's first
+	// state, not feed events of their own.
+	creating bool
 }
 
 type runKey struct{ deployment, device string }
@@ -46,7 +58,7 @@ func (c *Controller) newWork(ctx context.Context) *work {
 		devices: map[string]*api.Device{}, bundles: map[string]*store.Bundle{},
 		seqs: map[string]store.DeviceSeq{}, seqBase: map[string]store.DeviceSeq{},
 		dirtyDeployments: map[string]bool{}, dirtyRuns: map[runKey]bool{}, dirtyDevices: map[string]bool{},
-		summaries: map[string]store.Deployment{},
+		summaries: map[string]string{}, wake: map[string]time.Time{}, created: map[string][]*store.Run{},
 	}
 }
 
@@ -63,7 +75,7 @@ func (w *work) deployment(id string) (*store.Deployment, error) {
 	if err != nil {
 		return nil, err
 	}
-	w.summaries[id] = store.Deployment{Status: d.Status, Counts: maps.Clone(d.Counts), Cancel: d.Cancel}
+	w.summaries[id] = summary(&d)
 	w.deployments[id] = &d
 	return &d, nil
 }
@@ -71,7 +83,7 @@ func (w *work) deployment(id string) (*store.Deployment, error) {
 // addDeployment adds a new deployment.
 func (w *work) addDeployment(d *store.Deployment) {
 	w.deployments[d.ID] = d
-	w.summaries[d.ID] = store.Deployment{}
+	w.summaries[d.ID] = ""
 	w.dirtyDeployments[d.ID] = true
 }
 
@@ -158,11 +170,12 @@ func (w *work) deviceEvent(d *store.Deployment, r *store.Run, message json.RawMe
 	w.appendFeed(d, api.Event{Kind: api.EventDevice, Run: &run, Message: message})
 }
 
-// deploymentEvent appends a "deployment" feed event when the deployment's
-// status, counts or cancel changed since the work first read it (or
-// always, with force).
+// deploymentEvent appends a "deployment" feed event when what it shows
+// of the deployment (status, counts, cancel, waves, pause, abort,
+// retries) changed since the work first read it (or always, with force).
 func (w *work) deploymentEvent(d *store.Deployment, force bool) error {
-	if before := w.summaries[d.ID]; !force && sameSummary(&before, d) {
+	now := summary(d)
+	if !force && w.summaries[d.ID] == now {
 		return nil
 	}
 	b, err := w.bundle(d.Bundle)
@@ -171,8 +184,21 @@ func (w *work) deploymentEvent(d *store.Deployment, force bool) error {
 	}
 	view := w.c.deploymentView(*d, *b)
 	w.appendFeed(d, api.Event{Kind: api.EventDeployment, Deployment: &view})
-	w.summaries[d.ID] = store.Deployment{Status: d.Status, Counts: maps.Clone(d.Counts), Cancel: d.Cancel}
+	w.summaries[d.ID] = now
 	return nil
+}
+
+// wakeAt asks for the deployment's rollout timer to fire by t.
+func (w *work) wakeAt(id string, t time.Time) {
+	if old, ok := w.wake[id]; !ok || t.Before(old) {
+		w.wake[id] = t
+	}
+}
+
+// audit appends an operator's request to the deployment's record.
+func (w *work) audit(d *store.Deployment, e api.AuditEntry) {
+	d.Audit = append(d.Audit, e)
+	w.dirtyDeployments[d.ID] = true
 }
 
 func (w *work) appendFeed(d *store.Deployment, e api.Event) {

@@ -1,6 +1,7 @@
 // Command edgeflow is the controller (serve) and the operator's CLI: the
 // fleet commands against a controller (devices, deploy, deployments,
-// deployment show, watch, logs, cancel), and the offline ones that check
+// deployment show, watch, logs, cancel, promote, interventions, guide,
+// mark-failed, retry), and the offline ones that check
 // flows (validate), make signing keys (keygen) and build, verify and
 // inspect signed update bundles (bundle).
 package main

@@ -1,15 +1,18 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/edgeflow/edgeflow/controller"
 	"github.com/edgeflow/edgeflow/internal/cli"
+	"github.com/edgeflow/edgeflow/onfailure"
 	"github.com/edgeflow/edgeflow/transport"
 )
 
@@ -18,6 +21,9 @@ func serveCmd(stdout, stderr io.Writer) *cobra.Command {
 		cfg                     controller.ServeConfig
 		passwordFile, tokenFile string
 		level                   string
+		gfSelector              []string
+		gfTimeout               time.Duration
+		gfOnTimeout             string
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -31,7 +37,16 @@ defaults to http://HOST:PORT of --listen (this machine's hostname when it
 listens on every address).
 
 With --token-file, every API call but /v1/health and the bundle download
-needs "Authorization: Bearer TOKEN".`,
+needs "Authorization: Bearer TOKEN".
+
+--allow-mark-failed lets operators stop running steps as failed
+(edgeflow mark-failed); without it the controller refuses (403).
+
+--guided-failure-selector K=V,... turns on guided failure for every
+dispatch to a device whose labels include all of them (such as env=prod):
+a failure that would end the device's flow pauses it for guidance
+instead, for --guided-failure-timeout, after which
+--guided-failure-on-timeout applies (docs/rollouts.md).`,
 		Args: cli.Args(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log, err := cli.Logger(stderr, level)
@@ -43,6 +58,19 @@ needs "Authorization: Bearer TOKEN".`,
 			}
 			if cfg.Token, err = readSecret("--token-file", tokenFile); err != nil {
 				return err
+			}
+			if len(gfSelector) > 0 {
+				sel, err := cli.LabelSelector("--guided-failure-selector", gfSelector)
+				if err != nil {
+					return cli.Usage(err)
+				}
+				a, err := controller.CheckGuidedFailure("--guided-failure:", gfTimeout, onfailure.Action(gfOnTimeout))
+				if err != nil {
+					return cli.Usage(err)
+				}
+				cfg.GuidedFailure = &controller.GuidedFailureSetting{Selector: sel, Timeout: gfTimeout, OnTimeout: a}
+			} else if cmd.Flags().Changed("guided-failure-timeout") || cmd.Flags().Changed("guided-failure-on-timeout") {
+				return cli.Usage(errors.New("--guided-failure-timeout and --guided-failure-on-timeout need --guided-failure-selector K=V (the devices they apply to)"))
 			}
 			cfg.Logger = log
 			cfg.Ready = func(i controller.ServeInfo) {
@@ -66,6 +94,10 @@ needs "Authorization: Bearer TOKEN".`,
 	f.StringVar(&passwordFile, "mqtt-password-file", "", "file holding the password with an external broker")
 	f.StringVar(&tokenFile, "token-file", "", "file holding the API token (default: no token, the API is open)")
 	f.Int64Var(&cfg.MaxBundleSize, "max-bundle-size", controller.DefaultMaxBundleSize, "largest bundle upload, in bytes")
+	f.BoolVar(&cfg.AllowMarkFailed, "allow-mark-failed", false, "let operators stop running steps as failed (edgeflow mark-failed)")
+	f.StringArrayVar(&gfSelector, "guided-failure-selector", nil, "turn on guided failure for devices with these labels: K=V,K=V (repeatable)")
+	f.DurationVar(&gfTimeout, "guided-failure-timeout", time.Hour, "how long a device paused by guided failure waits for guidance")
+	f.StringVar(&gfOnTimeout, "guided-failure-on-timeout", string(controller.DefaultGuidedFailureOnTimeout), "what applies when no guidance came in time: Ignore, MarkAsSuccess, MarkAsFailure, Abort, RollbackGroup or RollbackFlow")
 	f.StringVar(&level, "log-level", "info", "log level on stderr: debug, info, warn, error")
 	return cmd
 }

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/edgeflow/edgeflow/controller/api"
+	"github.com/edgeflow/edgeflow/onfailure"
 	"github.com/edgeflow/edgeflow/packaging"
 	"github.com/edgeflow/edgeflow/transport"
 	"github.com/edgeflow/edgeflow/transport/mqtt"
@@ -152,7 +153,8 @@ func TestServeProcess(t *testing.T) {
 	tokenFile := filepath.Join(dir, "token")
 	os.WriteFile(tokenFile, []byte("s3cret\n"), 0o600)
 	bin := buildEdgeflow(t)
-	p := startServe(t, bin, "--data", data, "--listen", "127.0.0.1:0", "--mqtt-listen", "127.0.0.1:0", "--token-file", tokenFile, "--log-level", "debug")
+	p := startServe(t, bin, "--data", data, "--listen", "127.0.0.1:0", "--mqtt-listen", "127.0.0.1:0", "--token-file", tokenFile, "--log-level", "debug",
+		"--guided-failure-selector", "site=a", "--guided-failure-timeout", "10m", "--allow-mark-failed")
 	if !strings.HasPrefix(p.broker, "tcp://127.0.0.1:") || p.public != p.api {
 		t.Fatalf("serve listens on %s, broker %s, public %s", p.api, p.broker, p.public)
 	}
@@ -215,6 +217,15 @@ func TestServeProcess(t *testing.T) {
 			return false
 		}
 	})
+	// The device's labels match --guided-failure-selector.
+	if g := got.Body.(*transport.Dispatch).GuidedFailure; g == nil || g.TimeoutSeconds != 600 || g.OnTimeout != onfailure.Abort {
+		t.Fatalf("dispatch guided failure: %+v", g)
+	}
+	// --allow-mark-failed: not refused (409: dev-1 has not started).
+	var e api.Error
+	if code := apiCall(t, "POST", p.api+"/v1/deployments/"+dep.ID+"/mark-failed", "s3cret", strings.NewReader(`{"all":true}`), &e); code != http.StatusConflict {
+		t.Fatalf("mark-failed: %d %+v", code, e)
+	}
 	url := got.Body.(*transport.Dispatch).URL
 	resp, err := http.Get(url) // agents download without the token
 	if err != nil {
@@ -257,6 +268,10 @@ func TestServeUsage(t *testing.T) {
 		{"serve", "--data", dir, "--token-file", filepath.Join(dir, "missing")},
 		{"serve", "--data", dir, "--log-level", "loud"},
 		{"serve", "--data", dir, "extra"},
+		{"serve", "--data", dir, "--guided-failure-selector", "novalue"},
+		{"serve", "--data", dir, "--guided-failure-selector", "env=prod", "--guided-failure-timeout", "0s"},
+		{"serve", "--data", dir, "--guided-failure-selector", "env=prod", "--guided-failure-on-timeout", "Retry"},
+		{"serve", "--data", dir, "--guided-failure-timeout", "5m"},
 	} {
 		if code, _, errs := edgeflow(t, args...); code != 2 {
 			t.Errorf("%v: exit %d (%q), want 2", args, code, errs)

@@ -12,21 +12,28 @@ import (
 	"encoding/json"
 	"time"
 
+	"github.com/edgeflow/edgeflow/onfailure"
 	"github.com/edgeflow/edgeflow/transport"
 )
 
 // Paths. {id}, {device} and {sha256} are path values.
 const (
 	PathHealth          = "/v1/health"
-	PathDevices         = "/v1/devices"                                // GET list
-	PathDevice          = "/v1/devices/{id}"                           // GET one
-	PathBundles         = "/v1/bundles"                                // GET list, POST upload (body: the bundle)
-	PathBundle          = "/v1/bundles/{sha256}"                       // GET the bundle's bytes (Range, ETag); agents download here
-	PathDeployments     = "/v1/deployments"                            // GET list, POST create
-	PathDeployment      = "/v1/deployments/{id}"                       // GET one, with its devices
-	PathDeploymentWatch = "/v1/deployments/{id}/events"                // GET server-sent events (text/event-stream)
-	PathDeviceLogs      = "/v1/deployments/{id}/devices/{device}/logs" // GET ?step=S
-	PathCancel          = "/v1/deployments/{id}/cancel"                // POST
+	PathDevices         = "/v1/devices"                                 // GET list
+	PathDevice          = "/v1/devices/{id}"                            // GET one
+	PathBundles         = "/v1/bundles"                                 // GET list, POST upload (body: the bundle)
+	PathBundle          = "/v1/bundles/{sha256}"                        // GET the bundle's bytes (Range, ETag); agents download here
+	PathDeployments     = "/v1/deployments"                             // GET list, POST create
+	PathDeployment      = "/v1/deployments/{id}"                        // GET one, with its devices
+	PathDeploymentWatch = "/v1/deployments/{id}/events"                 // GET server-sent events (text/event-stream)
+	PathDeviceLogs      = "/v1/deployments/{id}/devices/{device}/logs"  // GET ?step=S
+	PathCancel          = "/v1/deployments/{id}/cancel"                 // POST
+	PathPromote         = "/v1/deployments/{id}/promote"                // POST: start the next wave
+	PathRetry           = "/v1/deployments/{id}/retry"                  // POST: a new deployment of the failed devices
+	PathMarkFailed      = "/v1/deployments/{id}/mark-failed"            // POST: stop running steps as failed
+	PathGuide           = "/v1/deployments/{id}/devices/{device}/guide" // POST: answer a paused device
+	PathInterventions   = "/v1/interventions"                           // GET: paused devices, grouped
+	PathGuideGroup      = "/v1/interventions/{group}/guide"             // POST: answer a whole group
 )
 
 // Error is the body of every error answer.
@@ -44,6 +51,7 @@ type ErrorBody struct {
 const (
 	CodeInvalid      = "invalid"      // 400: bad input; nothing was changed
 	CodeUnauthorized = "unauthorized" // 401: the API token is missing or wrong
+	CodeForbidden    = "forbidden"    // 403: the controller's settings do not allow the request (mark-failed without --allow-mark-failed)
 	CodeNotFound     = "not_found"    // 404
 	CodeConflict     = "conflict"     // 409: the request conflicts with the state (such as cancelling a finished deployment)
 	CodeTooLarge     = "too_large"    // 413: an upload over the limit
@@ -105,27 +113,112 @@ type CreateDeployment struct {
 	Devices  []string          `json:"devices,omitempty"`
 	Selector map[string]string `json:"selector,omitempty"`
 	Vars     map[string]string `json:"vars,omitempty"`
+	// Rollout, when set, starts the devices in waves (docs/rollouts.md);
+	// without it every device gets the dispatch at once.
+	Rollout *Rollout `json:"rollout,omitempty"`
+	// GuidedFailure, when set, makes every device of the deployment pause
+	// for guidance where a failure would end its flow.
+	GuidedFailure *GuidedFailure `json:"guidedFailure,omitempty"`
+}
+
+// Rollout is a deployment's rollout strategy. Durations are Go duration
+// strings ("90s", "5m", "1h30m").
+type Rollout struct {
+	// Waves are cumulative targets, each a number of devices ("1") or a
+	// percent of the deployment's devices ("10%"), increasing, the last
+	// "100%" (or "all"). Empty: one wave of every device.
+	Waves []string `json:"waves,omitempty"`
+	// MaxInFlight bounds the devices dispatched and not yet finished (0:
+	// no bound).
+	MaxInFlight int `json:"maxInFlight,omitempty"`
+	// Pause between waves: a duration, or PauseManual to wait for a
+	// promotion. Empty: the next wave starts once one has finished.
+	Pause string `json:"pause,omitempty"`
+	// Abort stops the rollout when too many finished devices failed.
+	Abort *AbortPolicy `json:"abort,omitempty"`
+	// DeviceTimeout: a device that has not finished this long after its
+	// dispatch becomes TimedOut (a failure of kind Timeout) and is sent a
+	// cancel. Empty: no limit.
+	DeviceTimeout string `json:"deviceTimeout,omitempty"`
+	// RollbackOnAbort is reserved: rolling back the devices that already
+	// succeeded when the rollout aborts needs an agent command that does
+	// not exist yet, so true is refused.
+	RollbackOnAbort bool `json:"rollbackOnAbort,omitempty"`
+}
+
+// PauseManual is Rollout.Pause for "wait for POST .../promote".
+const PauseManual = "manual"
+
+// WavesAll is a last wave of every device, the same as "100%".
+const WavesAll = "all"
+
+// AbortPolicy is a rollout's safety stop: once at least MinSample devices
+// have finished (Succeeded or failed; Excluded, Cancelled and Skipped
+// devices do not count), the rollout aborts when more than Threshold
+// percent of them failed with one of Errors.
+type AbortPolicy struct {
+	// Threshold is a percent, 0 to 100.
+	Threshold float64 `json:"threshold"`
+	// MinSample is how many finished devices it takes to judge (0 or 1:
+	// the first).
+	MinSample int `json:"minSample,omitempty"`
+	// Errors are the error kinds that count (empty: AllErrors).
+	Errors []onfailure.Kind `json:"errors,omitempty"`
+}
+
+// GuidedFailure asks the agent to pause a device for guidance where a
+// failure would end its flow, instead of ending it, for at most Timeout
+// (a Go duration string, at least 1s); then OnTimeout applies (Ignore,
+// MarkAsSuccess, MarkAsFailure, Abort or RollbackFlow; default Abort).
+type GuidedFailure struct {
+	Timeout   string           `json:"timeout"`
+	OnTimeout onfailure.Action `json:"onTimeout,omitempty"`
 }
 
 // Deployment states.
 const (
-	DeploymentRunning   = "Running"   // some device has not finished
-	DeploymentSucceeded = "Succeeded" // every device Succeeded
+	DeploymentRunning = "Running" // some device has not finished
+	// DeploymentPaused: some device has not finished, and the deployment
+	// waits: between waves (for a promotion, or until PausedUntil), or
+	// for guidance of a device paused after a failure.
+	DeploymentPaused    = "Paused"
+	DeploymentSucceeded = "Succeeded" // every device Succeeded (or was Excluded)
 	DeploymentFailed    = "Failed"    // every device finished, some not Succeeded
 	DeploymentCancelled = "Cancelled" // cancelled by an operator
+	// DeploymentAborted: the rollout's abort threshold tripped; the
+	// devices that had not started were Skipped.
+	DeploymentAborted = "Aborted"
+	// DeploymentRolledBack is reserved for rollbackOnAbort (not yet
+	// available): no deployment has this status today.
+	DeploymentRolledBack = "RolledBack"
 )
 
 // Device run states in a deployment: the flow statuses of the protocol
 // (Running, Paused, Succeeded, Failed, Aborted, RolledBack,
 // RollbackFailed, ...) plus these.
 const (
+	// DeviceWaiting: the rollout has not started the device yet (no
+	// dispatch was sent). Not to be confused with Queued, which the
+	// device itself reports.
+	DeviceWaiting  = "Waiting"
 	DevicePending  = "Pending"  // dispatched, not yet answered by the agent
 	DeviceQueued   = "Queued"   // waiting on the device behind another flow
 	DeviceRejected = "Rejected" // the agent refused the dispatch; nothing ran
 	// DeviceCancelled: the deployment was cancelled while the device had
-	// not started it (Pending or Queued). A report the device sends later
-	// still moves the run on.
+	// not started it (Waiting, Pending or Queued). A report the device
+	// sends later still moves the run on.
 	DeviceCancelled = "Cancelled"
+	// DeviceExcluded: an operator's Exclude guidance took the device out
+	// of the deployment. Final; it counts neither as a success nor as a
+	// failure, and later reports do not move it.
+	DeviceExcluded = "Excluded"
+	// DeviceTimedOut: the device had not finished within the rollout's
+	// deviceTimeout of its dispatch (stuck or offline). Final; a failure
+	// of kind Timeout; the device was sent a cancel.
+	DeviceTimedOut = "TimedOut"
+	// DeviceSkipped: the rollout aborted before the device's turn; it
+	// was never dispatched.
+	DeviceSkipped = "Skipped"
 )
 
 // Cancellation records an operator's cancel of a deployment.
@@ -133,6 +226,72 @@ type Cancellation struct {
 	By   string    `json:"by,omitempty"`
 	Note string    `json:"note,omitempty"`
 	Time time.Time `json:"time"`
+}
+
+// Wave is one wave of a rollout and how far it got.
+type Wave struct {
+	// Number counts from 1.
+	Number int `json:"number"`
+	// Target is the cumulative number of devices once this wave has
+	// started; Devices the number in this wave.
+	Target  int `json:"target"`
+	Devices int `json:"devices"`
+	// Status is WaveWaiting, WaveRunning or WaveFinished.
+	Status   string     `json:"status"`
+	Started  *time.Time `json:"started,omitempty"`
+	Finished *time.Time `json:"finished,omitempty"`
+	// Counts are this wave's devices by state.
+	Counts map[string]int `json:"counts"`
+}
+
+// Wave states.
+const (
+	WaveWaiting  = "Waiting"  // not started
+	WaveRunning  = "Running"  // started, some device has not finished
+	WaveFinished = "Finished" // every device of the wave has finished
+)
+
+// AbortState says why and when a rollout's threshold tripped.
+type AbortState struct {
+	Time time.Time `json:"time"`
+	// Failed of Finished devices had failed with a counted kind.
+	Failed   int    `json:"failed"`
+	Finished int    `json:"finished"`
+	Reason   string `json:"reason"`
+}
+
+// Audit actions.
+const (
+	AuditGuide      = "guide"
+	AuditMarkFailed = "mark-failed"
+	AuditCancel     = "cancel"
+	AuditPromote    = "promote"
+	AuditRetry      = "retry"
+)
+
+// AuditEntry records an operator's request on a deployment. By is what
+// the request said (the CLI sends the login name); with one API token the
+// controller cannot check it.
+type AuditEntry struct {
+	Time time.Time `json:"time"`
+	By   string    `json:"by,omitempty"`
+	// Action is one of the Audit constants.
+	Action string `json:"action"`
+	// Device is the device it was about, when one.
+	Device string `json:"device,omitempty"`
+	// Devices is how many devices it reached when more than one (a
+	// group's guidance, mark-failed --all).
+	Devices int    `json:"devices,omitempty"`
+	Step    string `json:"step,omitempty"`
+	// Guidance is the guide's action.
+	Guidance onfailure.Action `json:"guidance,omitempty"`
+	// Group is the intervention group a guidance answered.
+	Group string `json:"group,omitempty"`
+	// Wave is the wave a promotion started.
+	Wave int `json:"wave,omitempty"`
+	// Deployment is the deployment a retry created.
+	Deployment string `json:"deployment,omitempty"`
+	Note       string `json:"note,omitempty"`
 }
 
 // Deployment is one bundle sent to a set of devices.
@@ -147,8 +306,30 @@ type Deployment struct {
 	// Counts of devices by state.
 	Counts map[string]int `json:"counts"`
 	// Cancel is set once an operator asked to cancel the deployment; the
-	// status stays Running until no device runs it any more.
+	// status stays Running (or Paused) until no device runs it any more.
 	Cancel *Cancellation `json:"cancel,omitempty"`
+	// Rollout and GuidedFailure are as created.
+	Rollout       *Rollout       `json:"rollout,omitempty"`
+	GuidedFailure *GuidedFailure `json:"guidedFailure,omitempty"`
+	// Waves are the rollout's waves (with a rollout only); Wave is the
+	// number of the last one started.
+	Waves []Wave `json:"waves,omitempty"`
+	Wave  int    `json:"wave,omitempty"`
+	// AwaitingPromotion: a wave has finished and the next one waits for
+	// POST .../promote (pause "manual").
+	AwaitingPromotion bool `json:"awaitingPromotion,omitempty"`
+	// PausedUntil: a wave has finished and the next one starts then.
+	PausedUntil *time.Time `json:"pausedUntil,omitempty"`
+	// Abort is set once the abort threshold tripped: no device starts
+	// any more, and the deployment ends Aborted.
+	Abort *AbortState `json:"abort,omitempty"`
+	// RetryOf is the deployment this one retries; Retries the
+	// deployments that retry this one.
+	RetryOf string   `json:"retryOf,omitempty"`
+	Retries []string `json:"retries,omitempty"`
+	// Audit is every operator request on the deployment, oldest first
+	// (on GET /v1/deployments/{id} only).
+	Audit []AuditEntry `json:"audit,omitempty"`
 	// Devices is set on GET /v1/deployments/{id}, not in lists.
 	Devices []DeviceRun `json:"devices,omitempty"`
 }
@@ -170,7 +351,32 @@ type DeviceRun struct {
 	// RollbackActions are the rollback actions and rollback steps
 	// reported, in order.
 	RollbackActions []RollbackActionRun `json:"rollbackActions,omitempty"`
-	Updated         time.Time           `json:"updated"`
+	// Pause is set while the run is Paused: what waits for guidance.
+	Pause *RunPause `json:"pause,omitempty"`
+	// Wave is the rollout wave the device belongs to (with a rollout).
+	Wave int `json:"wave,omitempty"`
+	// Dispatched is when the controller made the device's dispatch; with
+	// a rollout's deviceTimeout, Deadline is when it times out.
+	Dispatched *time.Time `json:"dispatched,omitempty"`
+	Deadline   *time.Time `json:"deadline,omitempty"`
+	// GuidedFailure is what the dispatch asked of the agent, when it
+	// asked for guided failure (the deployment's option, or the
+	// controller's setting for the device's labels).
+	GuidedFailure *GuidedFailure `json:"guidedFailure,omitempty"`
+	Updated       time.Time      `json:"updated"`
+}
+
+// RunPause is what a paused run waits with, from its paused event.
+type RunPause struct {
+	// Step is the paused step; Group its group (only Group when a whole
+	// group is paused).
+	Step  string               `json:"step,omitempty"`
+	Group string               `json:"group,omitempty"`
+	Error *transport.ErrorInfo `json:"error,omitempty"`
+	// Since is when the controller learnt of the pause; Until when the
+	// agent applies its timeout action.
+	Since time.Time  `json:"since"`
+	Until *time.Time `json:"until,omitempty"`
 }
 
 // RollbackActionRun is a rollback action that ran for a step, as reported
@@ -236,4 +442,78 @@ const (
 type Cancel struct {
 	By   string `json:"by,omitempty"`
 	Note string `json:"note,omitempty"`
+}
+
+// Promote is the body of POST .../promote (optional).
+type Promote struct {
+	By   string `json:"by,omitempty"`
+	Note string `json:"note,omitempty"`
+}
+
+// Retry is the body of POST .../retry (optional).
+type Retry struct {
+	// FailedOnly retries the devices that failed; without it every
+	// device that did not succeed (but Excluded ones) is retried.
+	FailedOnly bool   `json:"failedOnly,omitempty"`
+	By         string `json:"by,omitempty"`
+	Note       string `json:"note,omitempty"`
+}
+
+// MarkFailed is the body of POST .../mark-failed: exactly one of Devices
+// and All.
+type MarkFailed struct {
+	Devices []string `json:"devices,omitempty"`
+	// All marks every device of the deployment that is Running.
+	All bool `json:"all,omitempty"`
+	// Step names the step to stop (empty: whichever runs).
+	Step string `json:"step,omitempty"`
+	By   string `json:"by,omitempty"`
+	Note string `json:"note,omitempty"`
+}
+
+// Guide is the body of POST .../devices/{device}/guide and of POST
+// /v1/interventions/{group}/guide (which takes no Step).
+type Guide struct {
+	// Action is one of onfailure.GuidanceActions.
+	Action onfailure.Action `json:"action"`
+	// Step names the paused step (empty: the one the device paused).
+	Step string `json:"step,omitempty"`
+	By   string `json:"by,omitempty"`
+	Note string `json:"note,omitempty"`
+}
+
+// Intervention is a group of paused devices that wait for guidance with
+// the same flow, step, error kind and message. Group is its id, stable:
+// the same four give the same id. StepGroup is the flow group of the
+// step (or the paused group, when Step is empty).
+type Intervention struct {
+	Group     string         `json:"group"`
+	Flow      string         `json:"flow"`
+	Step      string         `json:"step,omitempty"`
+	StepGroup string         `json:"stepGroup,omitempty"`
+	Kind      onfailure.Kind `json:"kind,omitempty"`
+	Message   string         `json:"message,omitempty"`
+	// Devices are the paused runs, oldest pause first.
+	Devices []PausedRun `json:"devices"`
+}
+
+// PausedRun is one paused device of an intervention group.
+type PausedRun struct {
+	Deployment string     `json:"deployment"`
+	Device     string     `json:"device"`
+	Since      time.Time  `json:"since"`
+	Until      *time.Time `json:"until,omitempty"`
+}
+
+// InterventionList answers GET /v1/interventions.
+type InterventionList struct {
+	Interventions []Intervention `json:"interventions"`
+}
+
+// GuideResult answers POST /v1/interventions/{group}/guide: the devices
+// the guidance was sent to.
+type GuideResult struct {
+	Group  string           `json:"group"`
+	Action onfailure.Action `json:"action"`
+	Guided []PausedRun      `json:"guided"`
 }

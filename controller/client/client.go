@@ -1,6 +1,7 @@
 // Package client is the Go client of the controller's REST API
-// (controller/api): devices, bundles, deployments, logs, cancel, and the
-// server-sent event stream of a deployment, with reconnection.
+// (controller/api): devices, bundles, deployments, logs, cancel, promote,
+// retry, mark-failed, guidance and interventions, and the server-sent
+// event stream of a deployment, with reconnection.
 //
 // Errors are typed at this boundary, the one that understands HTTP:
 //
@@ -403,11 +404,80 @@ func (c *Client) Cancel(ctx context.Context, id string, body api.Cancel) (*api.D
 }
 
 // FinalStatus reports whether a deployment status is final: Succeeded,
-// Failed or Cancelled.
+// Failed, Cancelled, Aborted (or RolledBack, reserved).
 func FinalStatus(status string) bool {
 	switch status {
-	case api.DeploymentSucceeded, api.DeploymentFailed, api.DeploymentCancelled:
+	case api.DeploymentSucceeded, api.DeploymentFailed, api.DeploymentCancelled, api.DeploymentAborted, api.DeploymentRolledBack:
 		return true
 	}
 	return false
+}
+
+// post sends body as JSON to path and decodes the answer into out.
+func (c *Client) post(ctx context.Context, op, p string, body, out any) error {
+	req, err := postJSON(op, p, body)
+	if err != nil {
+		return err
+	}
+	return c.call(ctx, req, out)
+}
+
+// Promote starts the next wave of a deployment that waits between waves
+// (POST .../promote). A deployment whose wave still runs, or that has no
+// next wave, is an *APIError with status 409.
+func (c *Client) Promote(ctx context.Context, id string, body api.Promote) (*api.Deployment, error) {
+	var d api.Deployment
+	if err := c.post(ctx, "promote deployment "+id, path(api.PathPromote, "id", id), body, &d); err != nil {
+		return nil, err
+	}
+	return &d, nil
+}
+
+// Retry makes a new deployment of a finished deployment's failed (with
+// FailedOnly) or unsuccessful devices and returns it.
+func (c *Client) Retry(ctx context.Context, id string, body api.Retry) (*api.Deployment, error) {
+	var d api.Deployment
+	if err := c.post(ctx, "retry deployment "+id, path(api.PathRetry, "id", id), body, &d); err != nil {
+		return nil, err
+	}
+	return &d, nil
+}
+
+// MarkFailed stops the running step of devices of a deployment as failed.
+// A controller that does not allow it answers 403: an *APIError that is
+// also an onfailure.Authorization error.
+func (c *Client) MarkFailed(ctx context.Context, id string, body api.MarkFailed) (*api.Deployment, error) {
+	var d api.Deployment
+	if err := c.post(ctx, "mark-failed in deployment "+id, path(api.PathMarkFailed, "id", id), body, &d); err != nil {
+		return nil, err
+	}
+	return &d, nil
+}
+
+// Guide answers a device of a deployment that is paused for guidance.
+func (c *Client) Guide(ctx context.Context, id, device string, body api.Guide) (*api.Deployment, error) {
+	var d api.Deployment
+	op := fmt.Sprintf("guide device %s of deployment %s", device, id)
+	if err := c.post(ctx, op, path(api.PathGuide, "id", id, "device", device), body, &d); err != nil {
+		return nil, err
+	}
+	return &d, nil
+}
+
+// GuideGroup answers every device of an intervention group.
+func (c *Client) GuideGroup(ctx context.Context, group string, body api.Guide) (*api.GuideResult, error) {
+	var r api.GuideResult
+	if err := c.post(ctx, "guide intervention group "+group, path(api.PathGuideGroup, "group", group), body, &r); err != nil {
+		return nil, err
+	}
+	return &r, nil
+}
+
+// Interventions lists the devices paused for guidance, grouped.
+func (c *Client) Interventions(ctx context.Context) ([]api.Intervention, error) {
+	var l api.InterventionList
+	if err := c.call(ctx, get("list interventions", api.PathInterventions), &l); err != nil {
+		return nil, err
+	}
+	return l.Interventions, nil
 }

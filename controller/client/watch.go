@@ -27,7 +27,8 @@ const maxEvent = 16 << 20
 // Watch follows a deployment's event stream (GET .../events, server-sent
 // events) and calls fn with each api.Event, in order, until fn has seen
 // the deployment's final event (a "deployment" event whose status is
-// Succeeded, Failed or Cancelled: Watch then returns nil), fn returns an
+// final, as FinalStatus says: Watch then returns nil; a Paused deployment
+// is not final, so Watch keeps waiting through a pause), fn returns an
 // error (returned as is), or ctx ends (its error is returned, wrapped).
 //
 // lastEventID, when not empty, resumes after that event (it is sent as

@@ -382,6 +382,36 @@ func (s *Bolt) Runs(ctx context.Context, deployment string) (rs []Run, err error
 	return rs, err
 }
 
+// RunsAfter returns up to limit runs of deployment after device id after.
+func (s *Bolt) RunsAfter(ctx context.Context, deployment, after string, limit int) (rs []Run, err error) {
+	err = s.view(ctx, func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketRuns).Bucket([]byte(deployment))
+		if b == nil {
+			return nil
+		}
+		c := b.Cursor()
+		k, v := c.First()
+		if after != "" {
+			k, v = c.Seek([]byte(after))
+			if k != nil && string(k) == after {
+				k, v = c.Next()
+			}
+		}
+		for ; k != nil; k, v = c.Next() {
+			if limit > 0 && len(rs) == limit {
+				break
+			}
+			var r Run
+			if err := json.Unmarshal(v, &r); err != nil {
+				return fmt.Errorf("run %q: decode: %w", k, err)
+			}
+			rs = append(rs, r)
+		}
+		return nil
+	})
+	return rs, err
+}
+
 // Events returns the agent events of deployment on device, by seq.
 func (s *Bolt) Events(ctx context.Context, deployment, device string) (es []Event, err error) {
 	err = s.view(ctx, func(tx *bolt.Tx) error {

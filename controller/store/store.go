@@ -3,7 +3,8 @@
 // files the controller keeps beside the store), the deployments with one
 // run per device, the agents' events and the live feed of each
 // deployment, how far each device's events were processed (the agent's
-// event stream and its last seq), and the commands (dispatches, cancels) that still have to reach a device.
+// event stream and its last seq), and the commands (dispatches, cancels,
+// guidance, mark-failed) that still have to reach a device.
 //
 // Store is the interface the controller needs and nothing more, so that a
 // networked database can take the place of the bbolt file later: a few
@@ -23,6 +24,7 @@ import (
 	"time"
 
 	"github.com/edgeflow/edgeflow/controller/api"
+	"github.com/edgeflow/edgeflow/onfailure"
 	"github.com/edgeflow/edgeflow/transport"
 )
 
@@ -62,6 +64,9 @@ type Store interface {
 	Run(ctx context.Context, deployment, device string) (Run, error)
 	// Runs returns every run of a deployment, by device id.
 	Runs(ctx context.Context, deployment string) ([]Run, error)
+	// RunsAfter returns up to limit (0: all) runs of a deployment whose
+	// device id sorts after after ("": from the first), by device id.
+	RunsAfter(ctx context.Context, deployment, after string, limit int) ([]Run, error)
 
 	// Events returns the agent events stored for a deployment and device,
 	// by seq.
@@ -109,6 +114,49 @@ type Deployment struct {
 	Cancel *api.Cancellation `json:"cancel,omitempty"`
 	// FeedSeq is the Seq of the deployment's last feed event.
 	FeedSeq uint64 `json:"feedSeq"`
+
+	// Rollout and GuidedFailure are the deployment's options, as
+	// created (checked then).
+	Rollout       *api.Rollout       `json:"rollout,omitempty"`
+	GuidedFailure *api.GuidedFailure `json:"guidedFailure,omitempty"`
+	// Waves are the rollout's waves (nil without a rollout); Wave is the
+	// number of the last one started (from 1).
+	Waves []Wave `json:"waves,omitempty"`
+	Wave  int    `json:"wave,omitempty"`
+	// Cursor is the device id of the last run the rollout dispatched:
+	// runs are dispatched in device id order, so those after it have not
+	// been. Dispatched counts them.
+	Cursor     string `json:"cursor,omitempty"`
+	Dispatched int    `json:"dispatched,omitempty"`
+	// AwaitingPromotion and PausedUntil say why the next wave waits.
+	AwaitingPromotion bool       `json:"awaitingPromotion,omitempty"`
+	PausedUntil       *time.Time `json:"pausedUntil,omitempty"`
+	// Abort is set once the abort threshold tripped.
+	Abort *api.AbortState `json:"abort,omitempty"`
+	// Tally counts the runs the abort threshold judges.
+	Tally Tally `json:"tally,omitzero"`
+	// RetryOf and Retries link a retry to the deployment it retries.
+	RetryOf string   `json:"retryOf,omitempty"`
+	Retries []string `json:"retries,omitempty"`
+	// Audit is every operator request, oldest first.
+	Audit []api.AuditEntry `json:"audit,omitempty"`
+}
+
+// Wave is a rollout wave: its cumulative target, when it started and
+// finished, and its runs by status.
+type Wave struct {
+	Target   int            `json:"target"`
+	Started  *time.Time     `json:"started,omitempty"`
+	Finished *time.Time     `json:"finished,omitempty"`
+	Counts   map[string]int `json:"counts"`
+}
+
+// Tally is what a rollout's abort threshold weighs: the runs that
+// finished (Succeeded or failed) and those that failed with a kind the
+// threshold counts.
+type Tally struct {
+	Finished int `json:"finished"`
+	Failed   int `json:"failed"`
 }
 
 // Run is a deployment's run on one device.
@@ -130,9 +178,12 @@ type Event struct {
 }
 
 // Command is a command that still has to reach a device: a dispatch whose
-// run is Pending, or a cancel whose run has not finished. The controller
-// sends it again, with the same ID, when it reconnects to the broker and
-// when the device comes online; agents deduplicate commands by ID.
+// run is Pending, a cancel whose run has not finished, a guide until the
+// device reports it resumed, a mark-failed until it reports the step
+// failed (or paused). A device's flow-finished or rejected for the
+// deployment ends them all. The controller sends it again, with the same
+// ID, when it reconnects to the broker and when the device comes online;
+// agents deduplicate commands by ID.
 type Command struct {
 	ID         string         `json:"id"`
 	Type       transport.Type `json:"type"`
@@ -141,6 +192,9 @@ type Command struct {
 	Time       time.Time      `json:"time"`
 	By         string         `json:"by,omitempty"`
 	Note       string         `json:"note,omitempty"`
+	// Step and Action are a guide's (Step also a mark-failed's).
+	Step   string           `json:"step,omitempty"`
+	Action onfailure.Action `json:"action,omitempty"`
 }
 
 // Key returns the command's key.

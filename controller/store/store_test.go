@@ -242,3 +242,60 @@ func TestSchemaVersion(t *testing.T) {
 		t.Fatalf("foreign file: %v", err)
 	}
 }
+
+// TestRunsAfter pages through a deployment's runs by device id, as the
+// rollout's cursor does; the rollout state of a deployment and a command's
+// guidance survive a reopen.
+func TestRunsAfter(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir)
+	var runs []store.Run
+	for _, dev := range []string{"d-3", "d-1", "d-2", "d-10"} {
+		runs = append(runs, store.Run{Deployment: "x", DeviceRun: api.DeviceRun{Device: dev, Status: api.DeviceWaiting}})
+	}
+	until := t0.Add(time.Hour)
+	must(t, s.Commit(ctx, store.Batch{Runs: runs,
+		Deployments: []store.Deployment{{ID: "x", Rollout: &api.Rollout{Waves: []string{"1", "100%"}, Pause: "1h"},
+			Waves: []store.Wave{{Target: 1, Started: &t0, Counts: map[string]int{"Succeeded": 1}}, {Target: 4}},
+			Wave:  1, Cursor: "d-1", Dispatched: 1, PausedUntil: &until, Tally: store.Tally{Finished: 1},
+			Audit: []api.AuditEntry{{Time: t0, By: "a", Action: api.AuditPromote, Wave: 2}}}},
+		PutCommands: []store.Command{{ID: "g", Type: transport.TypeGuide, Device: "d-1", Deployment: "x", Step: "s", Action: "Retry"}},
+	}))
+	ids := func(rs []store.Run) string {
+		var out []string
+		for _, r := range rs {
+			out = append(out, r.Device)
+		}
+		return strings.Join(out, " ")
+	}
+	for _, c := range []struct {
+		after string
+		limit int
+		want  string
+	}{
+		{"", 0, "d-1 d-10 d-2 d-3"},
+		{"", 2, "d-1 d-10"},
+		{"d-1", 2, "d-10 d-2"},
+		{"d-10", 0, "d-2 d-3"},
+		{"d-15", 0, "d-2 d-3"}, // not a device: the ones after it
+		{"d-3", 0, ""},
+	} {
+		rs, err := s.RunsAfter(ctx, "x", c.after, c.limit)
+		if err != nil || ids(rs) != c.want {
+			t.Errorf("after %q limit %d: %q %v, want %q", c.after, c.limit, ids(rs), err, c.want)
+		}
+	}
+	if rs, err := s.RunsAfter(ctx, "nope", "", 0); err != nil || len(rs) != 0 {
+		t.Errorf("unknown deployment: %v %v", rs, err)
+	}
+	s.Close()
+	s = open(t, dir)
+	d, err := s.Deployment(ctx, "x")
+	if err != nil || d.Cursor != "d-1" || d.Waves[0].Counts["Succeeded"] != 1 || !d.PausedUntil.Equal(until) || d.Tally.Finished != 1 || len(d.Audit) != 1 || d.Rollout.Pause != "1h" {
+		t.Fatalf("deployment after reopen: %+v %v", d, err)
+	}
+	cs, err := s.Commands(ctx, "d-1")
+	if err != nil || len(cs) != 1 || cs[0].Step != "s" || cs[0].Action != "Retry" {
+		t.Fatalf("guide command: %+v %v", cs, err)
+	}
+}

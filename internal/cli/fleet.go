@@ -44,7 +44,8 @@ type Fleet struct {
 }
 
 // FleetCommands returns the operator commands that drive a controller:
-// devices, deploy, deployments, deployment show, watch, logs and cancel.
+// devices, deploy, deployments, deployment show, watch, logs, cancel,
+// promote, guide, interventions, mark-failed and retry.
 func FleetCommands(stdout, stderr io.Writer) []*cobra.Command {
 	return []*cobra.Command{
 		devicesCommand(stdout, stderr),
@@ -54,6 +55,11 @@ func FleetCommands(stdout, stderr io.Writer) []*cobra.Command {
 		watchCommand(stdout, stderr),
 		logsCommand(stdout, stderr),
 		cancelCommand(stdout, stderr),
+		promoteCommand(stdout, stderr),
+		guideCommand(stdout, stderr),
+		interventionsCommand(stdout, stderr),
+		markFailedCommand(stdout, stderr),
+		retryCommand(stdout, stderr),
 	}
 }
 
@@ -245,7 +251,7 @@ func deploymentCommand(stdout, stderr io.Writer) *cobra.Command {
 	var cf connFlags
 	show := &cobra.Command{
 		Use:   "show ID",
-		Short: "Show a deployment: its state, every device's state, step and error, and the failing steps",
+		Short: "Show a deployment: its state, every device's state, step and error, the failing steps, waves, paused devices and audit",
 		Args:  Args(1),
 		RunE: func(cmd *cobra.Command, a []string) error {
 			f, err := cf.fleet(stdout, stderr)
@@ -262,7 +268,8 @@ func deploymentCommand(stdout, stderr io.Writer) *cobra.Command {
 
 // ShowDeployment prints a deployment: a header, a table of its devices
 // (DEVICE, STATUS, STEP, ERROR, UPDATED), then every failing step with its
-// whole error.
+// whole error, then (when it has them) its waves' progress, the devices
+// paused for guidance and the audit of operators' requests.
 func (f *Fleet) ShowDeployment(ctx context.Context, id string) error {
 	d, err := f.Client.Deployment(ctx, id)
 	if err != nil {
@@ -284,6 +291,19 @@ func (f *Fleet) ShowDeployment(ctx context.Context, id string) error {
 	if len(d.Vars) > 0 {
 		fmt.Fprintf(tw, "vars:\t%s\n", keyValues(d.Vars))
 	}
+	if d.Rollout != nil {
+		fmt.Fprintf(tw, "rollout:\t%s\n", rolloutText(d.Rollout))
+		fmt.Fprintf(tw, "wave:\t%s\n", waveState(d, now))
+	}
+	if g := d.GuidedFailure; g != nil {
+		fmt.Fprintf(tw, "guided failure:\tpause up to %s for guidance, then %s\n", g.Timeout, g.OnTimeout)
+	}
+	if d.RetryOf != "" {
+		fmt.Fprintf(tw, "retry of:\t%s\n", d.RetryOf)
+	}
+	if len(d.Retries) > 0 {
+		fmt.Fprintf(tw, "retried as:\t%s\n", strings.Join(d.Retries, ", "))
+	}
 	fmt.Fprintf(tw, "created:\t%s (%s)\n", d.Created.UTC().Format(time.RFC3339), age(now, d.Created))
 	if c := d.Cancel; c != nil {
 		fmt.Fprintf(tw, "cancelled:\t%s by %s%s\n", c.Time.UTC().Format(time.RFC3339), cmpOr(c.By, "(unknown)"), noteSuffix(c.Note))
@@ -295,7 +315,7 @@ func (f *Fleet) ShowDeployment(ctx context.Context, id string) error {
 		return err
 	}
 	if len(d.Devices) == 0 {
-		return nil
+		return f.showRollout(d, now)
 	}
 	fmt.Fprintln(f.Out)
 	tw = table(f.Out, "DEVICE", "STATUS", "STEP", "ERROR", "UPDATED")
@@ -316,7 +336,7 @@ func (f *Fleet) ShowDeployment(ctx context.Context, id string) error {
 			fmt.Fprintln(f.Out, "  "+l)
 		}
 	}
-	return nil
+	return f.showRollout(d, now)
 }
 
 // short abbreviates a sha256 as 12 hex digits.
@@ -438,15 +458,20 @@ func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
 
 // deviceDone reports whether a device's run in a deployment has ended.
 func deviceDone(status string) bool {
-	return transport.Status(status).Done() || status == api.DeviceRejected || status == api.DeviceCancelled
+	switch status {
+	case api.DeviceRejected, api.DeviceCancelled, api.DeviceExcluded, api.DeviceTimedOut, api.DeviceSkipped:
+		return true
+	}
+	return transport.Status(status).Done()
 }
 
 // countOrder is the order counts are written in after "N/T succeeded".
 var countOrder = []string{
 	string(transport.StatusFailed), string(transport.StatusRolledBack), string(transport.StatusRollbackFailed),
-	api.DeviceRejected, string(transport.StatusAborted), api.DeviceCancelled,
+	api.DeviceTimedOut, api.DeviceRejected, string(transport.StatusAborted), api.DeviceCancelled,
+	api.DeviceExcluded, api.DeviceSkipped,
 	string(transport.StatusRunning), string(transport.StatusPaused),
-	api.DeviceQueued, api.DevicePending,
+	api.DeviceQueued, api.DevicePending, api.DeviceWaiting,
 }
 
 // countsText writes counts by state: "3/5 succeeded, 1 failed, 1 rolled

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -13,6 +14,7 @@ import (
 
 	"github.com/edgeflow/edgeflow/controller/api"
 	"github.com/edgeflow/edgeflow/controller/client"
+	"github.com/edgeflow/edgeflow/onfailure"
 	"github.com/edgeflow/edgeflow/packaging"
 )
 
@@ -35,6 +37,20 @@ type DeployFlags struct {
 	// command (0: no limit).
 	Wait    bool
 	Timeout time.Duration
+
+	// The rollout (docs/rollouts.md): Waves as "1,10%,100%"; MaxInFlight
+	// devices at once; Pause between waves (a duration or "manual");
+	// AbortThreshold percent (as "20" or "20%") of at least MinSample
+	// finished devices failing with AbortOn kinds; DeviceTimeout.
+	Waves          string
+	MaxInFlight    int
+	Pause          string
+	AbortThreshold string
+	MinSample      int
+	AbortOn        []string
+	DeviceTimeout  string
+	// GuidedFailure is TIMEOUT[:ONTIMEOUT] (--guided-failure).
+	GuidedFailure string
 }
 
 func deployCommand(stdout, stderr io.Writer) *cobra.Command {
@@ -43,7 +59,7 @@ func deployCommand(stdout, stderr io.Writer) *cobra.Command {
 		f  DeployFlags
 	)
 	c := &cobra.Command{
-		Use:   "deploy FLOW|BUNDLE (--device ID... | --selector K=V,...) [--var K=V]... [--key PREFIX.key] [--wait] [--timeout D]",
+		Use:   "deploy FLOW|BUNDLE (--device ID... | --selector K=V,...) [--var K=V]... [--key PREFIX.key] [rollout flags] [--guided-failure TIMEOUT[:ONTIMEOUT]] [--wait] [--timeout D]",
 		Short: "Send a flow or a bundle to devices (with --wait, follow it to its end)",
 		Long: `Send a flow or a bundle to devices.
 
@@ -52,10 +68,21 @@ FLOW document is first validated and built into a bundle, as "bundle build"
 does, signed with --key (or $EDGEFLOW_SIGNING_KEY) when one is given. The
 deployment's id is printed on stdout; notes go to stderr.
 
+A rollout starts the devices in waves instead of all at once
+(docs/rollouts.md): --waves 1,10%,100% (cumulative targets), --max-in-flight
+N, --pause 5m|manual between waves (manual: "edgeflow promote ID" starts
+the next), --abort-threshold 20 --min-sample 5 [--abort-on KIND,...] to stop
+when more than 20% of at least 5 finished devices failed, --device-timeout
+30m to fail a device that has not finished 30m after its dispatch.
+--guided-failure 30m[:Abort] makes a failure that would end a device's flow
+pause it for guidance (edgeflow interventions, edgeflow guide).
+
 With --wait, the command follows the deployment like "edgeflow watch" and
 exits 0 when every device succeeded, 1 when any failed, rolled back or was
-rejected or the deployment was cancelled, 2 on bad input (nothing was
-deployed), 3 when --timeout elapsed first.`,
+rejected or the deployment was cancelled or aborted, 2 on bad input
+(nothing was deployed), 3 when --timeout elapsed first. A deployment that
+waits (for a promotion, or for guidance) has not ended: --wait keeps
+waiting through it.`,
 		Args: Args(1),
 		RunE: func(cmd *cobra.Command, a []string) error {
 			fl, err := cf.fleet(stdout, stderr)
@@ -76,14 +103,24 @@ deployed), 3 when --timeout elapsed first.`,
 	fl.BoolVar(&f.Gzip, "gzip", false, "gzip-compress a bundle built from FLOW")
 	fl.BoolVar(&f.Wait, "wait", false, "follow the deployment until it ends; the exit code says how")
 	fl.DurationVar(&f.Timeout, "timeout", 0, "give up after this long and exit 3 (default: no limit)")
+	fl.StringVar(&f.Waves, "waves", "", "rollout waves, cumulative: counts or percents of the devices, the last 100%: 1,10%,100%")
+	fl.IntVar(&f.MaxInFlight, "max-in-flight", 0, "rollout: at most this many devices dispatched and not finished (default: no limit)")
+	fl.StringVar(&f.Pause, "pause", "", `rollout: pause between waves: a duration (5m), or "manual" to wait for "edgeflow promote"`)
+	fl.StringVar(&f.AbortThreshold, "abort-threshold", "", "rollout: abort when more than this percent of the finished devices failed (20 or 20%)")
+	fl.IntVar(&f.MinSample, "min-sample", 0, "rollout: judge the abort threshold once at least this many devices finished")
+	fl.StringSliceVar(&f.AbortOn, "abort-on", nil, "rollout: the error kinds the abort threshold counts (comma-separated; default AllErrors)")
+	fl.StringVar(&f.DeviceTimeout, "device-timeout", "", "rollout: a device not finished this long after its dispatch times out (a failure of kind Timeout)")
+	fl.StringVar(&f.GuidedFailure, "guided-failure", "", "TIMEOUT[:ONTIMEOUT]: pause a device for guidance where a failure would end its flow, for TIMEOUT, then apply ONTIMEOUT (default Abort)")
 	return c
 }
 
 // deployTarget is a checked deploy request, before anything is uploaded.
 type deployTarget struct {
-	devices  []string
-	selector map[string]string
-	vars     map[string]string
+	devices       []string
+	selector      map[string]string
+	vars          map[string]string
+	rollout       *api.Rollout
+	guidedFailure *api.GuidedFailure
 }
 
 func (o DeployFlags) target() (deployTarget, error) {
@@ -96,10 +133,10 @@ func (o DeployFlags) target() (deployTarget, error) {
 	}
 	var err error
 	if t.selector, err = keyValueFlag("--selector", o.Selector, true); err != nil {
-		return t, err
+		return t, fmt.Errorf("deploy: %w", err)
 	}
 	if t.vars, err = keyValueFlag("--var", o.Vars, false); err != nil {
-		return t, err
+		return t, fmt.Errorf("deploy: %w", err)
 	}
 	switch {
 	case len(t.devices) == 0 && len(t.selector) == 0:
@@ -109,7 +146,91 @@ func (o DeployFlags) target() (deployTarget, error) {
 	case o.Timeout < 0:
 		return t, fmt.Errorf("deploy: --timeout %v: want a positive duration", o.Timeout)
 	}
+	if t.rollout, err = o.rollout(); err != nil {
+		return t, fmt.Errorf("deploy: %w", err)
+	}
+	if t.guidedFailure, err = guidedFailureFlag(o.GuidedFailure); err != nil {
+		return t, fmt.Errorf("deploy: %w", err)
+	}
 	return t, nil
+}
+
+// rollout reads the rollout flags; nil when none is given. The
+// controller checks the rest (waves against the number of devices, kinds,
+// limits) and answers 400 with what is wrong.
+func (o DeployFlags) rollout() (*api.Rollout, error) {
+	var r api.Rollout
+	set := false
+	if s := strings.TrimSpace(o.Waves); s != "" {
+		for _, w := range strings.Split(s, ",") {
+			r.Waves = append(r.Waves, strings.TrimSpace(w))
+		}
+		set = true
+	}
+	if o.MaxInFlight < 0 {
+		return nil, fmt.Errorf("--max-in-flight %d: want 1 or more devices", o.MaxInFlight)
+	}
+	if o.MaxInFlight > 0 {
+		r.MaxInFlight, set = o.MaxInFlight, true
+	}
+	if p := strings.TrimSpace(o.Pause); p != "" {
+		if !strings.EqualFold(p, api.PauseManual) {
+			if d, err := time.ParseDuration(p); err != nil || d < 0 {
+				return nil, fmt.Errorf("--pause %q: want a duration such as 5m, or manual", o.Pause)
+			}
+		}
+		r.Pause, set = p, true
+	}
+	if d := strings.TrimSpace(o.DeviceTimeout); d != "" {
+		if v, err := time.ParseDuration(d); err != nil || v <= 0 {
+			return nil, fmt.Errorf("--device-timeout %q: want a positive duration such as 30m", o.DeviceTimeout)
+		}
+		r.DeviceTimeout, set = d, true
+	}
+	if th := strings.TrimSpace(o.AbortThreshold); th != "" {
+		p, err := strconv.ParseFloat(strings.TrimSuffix(th, "%"), 64)
+		if err != nil || p < 0 || p > 100 {
+			return nil, fmt.Errorf("--abort-threshold %q: want a percent from 0 to 100, such as 20", o.AbortThreshold)
+		}
+		a := &api.AbortPolicy{Threshold: p, MinSample: o.MinSample}
+		for _, k := range o.AbortOn {
+			if k = strings.TrimSpace(k); k != "" {
+				a.Errors = append(a.Errors, onfailure.Kind(k))
+			}
+		}
+		r.Abort, set = a, true
+	} else if o.MinSample != 0 || len(o.AbortOn) > 0 {
+		return nil, errors.New("--min-sample and --abort-on go with --abort-threshold P (the percent that aborts)")
+	}
+	if o.MinSample < 0 {
+		return nil, fmt.Errorf("--min-sample %d: want 0 or more devices", o.MinSample)
+	}
+	if !set {
+		return nil, nil
+	}
+	return &r, nil
+}
+
+// guidedFailureFlag reads --guided-failure TIMEOUT[:ONTIMEOUT].
+func guidedFailureFlag(v string) (*api.GuidedFailure, error) {
+	if v = strings.TrimSpace(v); v == "" {
+		return nil, nil
+	}
+	timeout, action, _ := strings.Cut(v, ":")
+	if d, err := time.ParseDuration(timeout); err != nil || d <= 0 {
+		return nil, fmt.Errorf("--guided-failure %q: want TIMEOUT[:ONTIMEOUT], such as 30m or 30m:RollbackFlow", v)
+	}
+	return &api.GuidedFailure{Timeout: timeout, OnTimeout: onfailure.Action(action)}, nil
+}
+
+// LabelSelector reads K=V,K=V values (repeatable) of flag into a label
+// selector.
+func LabelSelector(flag string, vals []string) (map[string]string, error) {
+	m, err := keyValueFlag(flag, vals, true)
+	if err == nil && len(m) == 0 {
+		err = fmt.Errorf("%s: want K=V labels", flag)
+	}
+	return m, err
 }
 
 // keyValueFlag reads K=V values; with commas, each value may hold several
@@ -127,10 +248,10 @@ func keyValueFlag(flag string, vals []string, commas bool) (map[string]string, e
 		for _, kv := range pairs {
 			k, val, ok := strings.Cut(kv, "=")
 			if k = strings.TrimSpace(k); !ok || k == "" {
-				return nil, fmt.Errorf("deploy: %s %q: want K=V", flag, kv)
+				return nil, fmt.Errorf("%s %q: want K=V", flag, kv)
 			}
 			if old, dup := m[k]; dup && old != val {
-				return nil, fmt.Errorf("deploy: %s: %s given twice (%q and %q)", flag, k, old, val)
+				return nil, fmt.Errorf("%s: %s given twice (%q and %q)", flag, k, old, val)
 			}
 			m[k] = val
 		}
@@ -171,7 +292,8 @@ func (f *Fleet) Deploy(ctx context.Context, path string, o DeployFlags, now time
 	}
 	fmt.Fprintf(f.Err, "uploaded bundle %s: flow %s version %d, %d bytes\n", short(b.SHA256), b.Flow, b.Version, b.Size)
 
-	d, err := f.Client.CreateDeployment(ctx, api.CreateDeployment{Bundle: b.SHA256, Devices: t.devices, Selector: t.selector, Vars: t.vars})
+	d, err := f.Client.CreateDeployment(ctx, api.CreateDeployment{Bundle: b.SHA256, Devices: t.devices, Selector: t.selector, Vars: t.vars,
+		Rollout: t.rollout, GuidedFailure: t.guidedFailure})
 	if err != nil {
 		if timedOut() {
 			return timeout("creating the deployment; it may or may not exist (edgeflow deployments)")

@@ -50,6 +50,18 @@ type fake struct {
 	creates []api.CreateDeployment
 	cancels []api.Cancel
 	watches []string // each watch's Last-Event-ID
+
+	// The rollout requests (fleet_rollout_test.go): what was sent, and
+	// canned answers.
+	interventions []api.Intervention
+	promotes      []api.Promote
+	retries       []api.Retry
+	marks         []api.MarkFailed
+	guides        []api.Guide // to one device
+	guided        []string    // "id/device" of each guide
+	groupGuides   []api.Guide // to a group
+	answerErr     *api.Error  // when set, the rollout requests answer it
+	answerStatus  int         // with this status
 }
 
 func newFake(t *testing.T) *fake {
@@ -153,6 +165,7 @@ func newFake(t *testing.T) *fake {
 		reply(w, 200, out)
 	})
 	mux.HandleFunc("GET "+api.PathDeploymentWatch, f.watch)
+	f.rolloutRoutes(mux)
 	f.srv = httptest.NewServer(mux)
 	t.Cleanup(f.srv.Close)
 	return f

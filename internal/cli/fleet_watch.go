@@ -32,9 +32,14 @@ state is redrawn in place, and every failing step is printed as it
 happens; elsewhere (a pipe, a CI log) each change is one plain line. With
 -o json each event of the controller's stream is one JSON line.
 
-Exit codes: 0 every device succeeded; 1 any failed, rolled back or was
-rejected, or the deployment was cancelled (also: the controller cannot be
-reached); 2 bad input; 3 --timeout elapsed first.`,
+A rollout's waves are shown as they start and finish, and its pauses: a
+deployment that waits for a promotion (edgeflow promote ID) or for
+guidance (edgeflow interventions) is not over, so watch keeps waiting; use
+--timeout to bound it.
+
+Exit codes: 0 every device succeeded; 1 any failed, rolled back, timed out
+or was rejected, or the deployment was cancelled or aborted (also: the
+controller cannot be reached); 2 bad input; 3 --timeout elapsed first.`,
 		Args: Args(1),
 		RunE: func(cmd *cobra.Command, a []string) error {
 			f, err := cf.fleet(stdout, stderr)
@@ -259,11 +264,40 @@ func (p *progress) event(e api.Event) error {
 			p.dep.Cancel = c
 			p.println(fmt.Sprintf("deployment %s: cancel requested by %s%s", p.dep.ID, cmpOr(c.By, "(unknown)"), noteSuffix(c.Note)))
 		}
+		p.rollout(e.Deployment)
 	case e.Kind == api.EventDevice && e.Run != nil:
 		p.device(*e.Run)
 	}
 	p.draw()
 	return nil
+}
+
+// rollout prints what changed in a deployment's rollout: a wave started
+// or finished, a pause, a promotion awaited, the abort threshold tripped.
+func (p *progress) rollout(d *api.Deployment) {
+	if len(d.Waves) == 0 {
+		return
+	}
+	was := p.dep
+	p.dep.Waves, p.dep.Wave, p.dep.AwaitingPromotion, p.dep.PausedUntil, p.dep.Abort = d.Waves, d.Wave, d.AwaitingPromotion, d.PausedUntil, d.Abort
+	for _, w := range d.Waves {
+		if w.Status != api.WaveFinished || (w.Number <= len(was.Waves) && was.Waves[w.Number-1].Status == api.WaveFinished) {
+			continue
+		}
+		p.println(fmt.Sprintf("wave %d of %d finished: %s", w.Number, len(d.Waves), countsText(w.Counts)))
+	}
+	if d.Wave > was.Wave && d.Wave >= 1 {
+		w := d.Waves[d.Wave-1]
+		p.println(fmt.Sprintf("wave %d of %d started: %d device(s), %d in all", d.Wave, len(d.Waves), w.Devices, w.Target))
+	}
+	switch {
+	case d.Abort != nil && was.Abort == nil:
+		p.println(fmt.Sprintf("deployment %s aborting: %s; no device starts any more", p.dep.ID, d.Abort.Reason))
+	case d.AwaitingPromotion && !was.AwaitingPromotion:
+		p.println(fmt.Sprintf("deployment %s paused: wave %d waits for a promotion (edgeflow promote %s); still watching", p.dep.ID, d.Wave+1, p.dep.ID))
+	case d.PausedUntil != nil && (was.PausedUntil == nil || !was.PausedUntil.Equal(*d.PausedUntil)):
+		p.println(fmt.Sprintf("deployment %s paused: wave %d starts at %s", p.dep.ID, d.Wave+1, d.PausedUntil.UTC().Format(time.RFC3339)))
+	}
 }
 
 // device prints what changed in a device's run: new failing steps, then
@@ -362,8 +396,19 @@ func (p *progress) bar() string {
 		fill = done * n / total
 	}
 	states := countsList(counts)
-	return fmt.Sprintf("[%s%s] %d/%d finished: %s", strings.Repeat("#", fill), strings.Repeat(".", n-fill),
-		done, total, strings.Join(states, ", "))
+	wave := ""
+	if len(p.dep.Waves) > 0 {
+		wave = fmt.Sprintf(" (wave %d/%d", p.dep.Wave, len(p.dep.Waves))
+		switch {
+		case p.dep.AwaitingPromotion:
+			wave += ", waits for promotion"
+		case p.dep.PausedUntil != nil:
+			wave += ", paused"
+		}
+		wave += ")"
+	}
+	return fmt.Sprintf("[%s%s] %d/%d finished%s: %s", strings.Repeat("#", fill), strings.Repeat(".", n-fill),
+		done, total, wave, strings.Join(states, ", "))
 }
 
 // countsList writes every state that has devices, succeeded first:
