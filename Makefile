@@ -4,7 +4,7 @@ BIN         ?= bin
 STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 LDFLAGS     ?= -s -w -X main.version=$(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: all build test services check fmt vet lint unit docker-api-min fuzz bench demo size clean
+.PHONY: all build test services check fmt vet lint unit docker-api-min fuzz bench demo fleet-demo size footprint clean
 
 all: build
 
@@ -54,9 +54,20 @@ bench:
 demo: build
 	./scripts/demo.sh
 
+# fleet-demo: a controller and three kiosk agents on this machine; deploy
+# a flow whose health check fails on one kiosk, which rolls back.
+fleet-demo: build
+	BIN=$(BIN) ./scripts/fleet-demo.sh
+
 # size: the stripped agent binary (target: at most 10 MiB on amd64).
 size: build
 	@ls -l $(BIN)/edgeflow-agent | awk '{printf "edgeflow-agent: %.2f MiB\n", $$5/1048576}'
+
+# footprint: the agent's binary size, idle memory and CPU, and peak memory
+# while it runs a flow, each against its target (docs/operations.md,
+# Measuring); it builds what it measures.
+footprint:
+	BIN=$(BIN) MAKE=$(MAKE) ./scripts/footprint.sh
 
 clean:
 	rm -rf $(BIN)
