@@ -169,6 +169,7 @@ func (c *Controller) ingestPresence(w *work, device string, m mqtt.Message) (out
 	if err != nil {
 		return outcome{}, err
 	}
+	wasOnline := d != nil && d.Status == transport.Online
 	if d == nil {
 		d = &api.Device{ID: device}
 		c.log.Info("new device", "device", device, "status", p.Status)
@@ -203,7 +204,12 @@ func (c *Controller) ingestPresence(w *work, device string, m mqtt.Message) (out
 			w.setSeq(device, store.DeviceSeq{Stream: p.Stream, Seq: p.Acked})
 		}
 	}
-	if p.Status == transport.Online {
+	// A device that comes online gets its pending commands again. One
+	// that was online already and says it is running a flow is not sent
+	// them on each presence: it is busy (its dispatches would only be
+	// queued, and the one it runs would only be reported again); they go
+	// again with its next presence that shows it idle.
+	if p.Status == transport.Online && (!wasOnline || p.Execution == nil) {
 		return outcome{resend: device}, nil
 	}
 	return outcome{}, nil
