@@ -298,6 +298,10 @@ type session struct {
 	dispatch *dispatchRef
 	// guided is the execution's guided failure, if any.
 	guided *engine.GuidedFailure
+	// final, if set, writes inside the transaction of the execution's
+	// final record (rec) what must commit with it (the daemon's
+	// rolled-back event).
+	final func(tx *journal.Tx, rec []byte) error
 	// ownJournal is set when the session opened j (and closes it).
 	ownJournal bool
 }

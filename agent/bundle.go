@@ -28,6 +28,17 @@ const BundlesDir = "bundles"
 type release struct {
 	Flow    string `json:"flow"`
 	Version uint64 `json:"version"`
+	// Before is the release of the flow that was installed when the
+	// execution started, journaled with it so that undoing the execution
+	// puts it back; nil in the records of agents that predate it
+	// (unknown: an undo then leaves the installed release as it is).
+	Before *installedRelease `json:"before,omitempty"`
+}
+
+// installedRelease is the installed release of a flow: Version, or none.
+type installedRelease struct {
+	Version   uint64 `json:"version,omitempty"`
+	Installed bool   `json:"installed"`
 }
 
 // applyBundle verifies the bundle at opts.Flow against the device's policy
@@ -91,7 +102,7 @@ type extracted struct {
 // invalid flow document (*UsageError).
 func extractBundle(s *session, path string, p bundlePolicy) (*extracted, error) {
 	x := &extracted{name: bundleFlowName(path)}
-	installed, _, err := s.j.Installed(x.name)
+	installed, isInstalled, err := s.j.Installed(x.name)
 	if err != nil {
 		return nil, err
 	}
@@ -124,7 +135,8 @@ func extractBundle(s *session, path string, p bundlePolicy) (*extracted, error) 
 		x.flow, x.refused = nil, err
 		return x, nil
 	}
-	s.release = &release{Flow: x.flow.Name, Version: b.Manifest.Version}
+	s.release = &release{Flow: x.flow.Name, Version: b.Manifest.Version,
+		Before: &installedRelease{Version: installed, Installed: isInstalled}}
 	return x, nil
 }
 
@@ -149,7 +161,10 @@ func randomHex(n int) string {
 
 // releaseStore is the engine's journal for a session: when the session
 // runs a bundle and its execution ends Succeeded, the final record and the
-// bundle's version as installed are written in one transaction.
+// bundle's version as installed are written in one transaction; when an
+// undo of it ends RolledBack, the final record and the release installed
+// before it (release.Before) are. A session's final hook (the daemon's
+// rolled-back event) joins the final record's transaction too.
 type releaseStore struct {
 	engine.Store
 	j *journal.Journal
@@ -157,16 +172,55 @@ type releaseStore struct {
 }
 
 func (r *releaseStore) SaveExecution(id string, rec []byte, unfinished bool) error {
-	if rel := r.s.release; rel != nil && !unfinished {
-		var st struct {
-			Status engine.Status `json:"status"`
-		}
-		if err := json.Unmarshal(rec, &st); err != nil {
-			return fmt.Errorf("journal: read status of %s: %w", id, err)
-		}
+	rel, final := r.s.release, r.s.final
+	if unfinished || (rel == nil && final == nil) {
+		return r.Store.SaveExecution(id, rec, unfinished)
+	}
+	var st struct {
+		Status engine.Status      `json:"status"`
+		Undo   *engine.UndoRecord `json:"undo"`
+	}
+	if err := json.Unmarshal(rec, &st); err != nil {
+		return fmt.Errorf("journal: read status of %s: %w", id, err)
+	}
+	if final == nil && st.Undo == nil {
 		if st.Status == engine.Succeeded {
 			return r.j.SaveExecutionInstalled(id, rec, rel.Flow, rel.Version)
 		}
+		return r.Store.SaveExecution(id, rec, unfinished)
 	}
-	return r.Store.SaveExecution(id, rec, unfinished)
+	return r.j.Update(func(tx *journal.Tx) error {
+		if err := tx.PutExecutionFinished(id, rec); err != nil {
+			return err
+		}
+		if rel != nil {
+			if err := restoreRelease(tx, rel, st.Status, st.Undo != nil); err != nil {
+				return err
+			}
+		}
+		if final != nil {
+			return final(tx, rec)
+		}
+		return nil
+	})
+}
+
+// restoreRelease records, inside tx, what an execution of rel that ended
+// in status does to the installed release: a Succeeded run installs
+// rel.Version (unless a higher one is recorded); an undo that ended
+// RolledBack puts back the release installed before, if rel.Version is
+// still the one recorded. An undo that ended RollbackFailed leaves the
+// installed release alone: the device may hold part of rel still.
+func restoreRelease(tx *journal.Tx, rel *release, status engine.Status, undone bool) error {
+	v, ok, err := tx.Installed(rel.Flow)
+	if err != nil {
+		return err
+	}
+	switch {
+	case !undone && status == engine.Succeeded && (!ok || v < rel.Version):
+		return tx.SetInstalled(rel.Flow, rel.Version, true)
+	case undone && status == engine.RolledBack && rel.Before != nil && ok && v == rel.Version:
+		return tx.SetInstalled(rel.Flow, rel.Before.Version, rel.Before.Installed)
+	}
+	return nil
 }

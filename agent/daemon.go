@@ -46,6 +46,17 @@ import (
 //
 // A queued dispatch that is cancelled is dequeued with a rejected event
 // of kind UserMarkedFailure; a running one is stopped as mark-failed does.
+//
+// A rollback command (capability-gated, docs/protocol.md) waits in the
+// same queue, so it runs only when no flow runs, in arrival order:
+//
+//	rollback received ──(new id: recorded + queued, one tx)──► queued ──head──► check target
+//	   │ (id seen before: nothing)                                 refused │         │ ok
+//	   ▼                                                                   ▼         ▼
+//	 ignored                        rolled-back Failed (+ dequeue, one tx)     undoing ──(restart)──► resumed
+//	                                                                                 │
+//	                                                                                 ▼
+//	                  final record + rolled-back RolledBack/RollbackFailed + dequeue (one tx)
 
 // Default daemon settings.
 const (
@@ -117,7 +128,10 @@ type queued struct {
 	Cancel *cancelRequest `json:"cancel,omitempty"`
 	// GuidedFailure is the dispatch's guided failure, if it asks for it.
 	GuidedFailure *transport.GuidedFailure `json:"guidedFailure,omitempty"`
-	Received      time.Time                `json:"received"`
+	// Rollback is set on a rollback command's entry (Dispatch is then the
+	// command's id): it undoes the deployment's execution.
+	Rollback *rollbackRequest `json:"rollback,omitempty"`
+	Received time.Time        `json:"received"`
 	// Execution is set once the flow started (its accepted event is out).
 	Execution string `json:"execution,omitempty"`
 	Flow      string `json:"flow,omitempty"`
@@ -306,6 +320,8 @@ func (d *Daemon) apply(m mqtt.Message) error {
 		return d.command(msg.ID, b.Type(), b.Deployment, func() error {
 			return d.withEngine(b.Deployment, func(e *engine.Engine) error { return e.MarkFailed(b.Step, b.By, b.Note) })
 		})
+	case *transport.Rollback:
+		return d.rollback(msg.ID, b)
 	}
 	return nil
 }
@@ -496,6 +512,9 @@ func (d *Daemon) cancel(b *transport.Cancel) error {
 	}
 	d.mu.Lock()
 	run, eng, stop := d.running, d.eng, d.stopDownload
+	if run != nil && run.Rollback != nil {
+		run = nil // a rollback is not cancelled; its dispatch is done
+	}
 	if run != nil && run.Deployment == b.Deployment {
 		run.Cancel = c
 	}
@@ -524,7 +543,7 @@ func (d *Daemon) cancel(b *transport.Cancel) error {
 			return err
 		}
 		for _, e := range q {
-			if e.Deployment != b.Deployment || e.Execution != "" || (run != nil && run.Dispatch == e.Dispatch) {
+			if e.Deployment != b.Deployment || e.Execution != "" || e.Rollback != nil || (run != nil && run.Dispatch == e.Dispatch) {
 				continue
 			}
 			found = true
@@ -800,6 +819,15 @@ func (d *Daemon) recover(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		if rec.Undo != nil {
+			// A rollback a restart cut off: it carries on, and reports.
+			for _, e := range q {
+				if e.Rollback != nil && saved.Dispatch != nil && e.Deployment == saved.Dispatch.Deployment {
+					d.runRollback(ctx, e)
+					return nil
+				}
+			}
+		}
 		var entry *queued
 		if saved.Dispatch != nil {
 			for _, e := range q {
@@ -824,7 +852,7 @@ func (d *Daemon) recover(ctx context.Context) error {
 	}
 	// A head entry with an execution whose end was journaled but not
 	// reported: report it now.
-	if len(q) > 0 && q[0].Execution != "" {
+	if len(q) > 0 && q[0].Execution != "" && q[0].Rollback == nil {
 		rec, err := readExecution(d.j, q[0].Execution)
 		if err != nil {
 			return err
@@ -855,8 +883,13 @@ func shownExecution(q *queued) string {
 	return q.Execution
 }
 
-// run downloads, verifies and runs the dispatch at the head of the queue.
+// run downloads, verifies and runs the dispatch at the head of the queue
+// (or runs the rollback there).
 func (d *Daemon) run(ctx context.Context, q *queued) {
+	if q.Rollback != nil {
+		d.runRollback(ctx, q)
+		return
+	}
 	d.setRunning(q, nil)
 	defer d.setRunning(nil, nil)
 	log := d.log.With("deployment", q.Deployment, "dispatch", q.Dispatch)
@@ -1156,7 +1189,7 @@ func tail(log []byte) (string, bool) {
 // detectCapabilities says what the device can run: whether a Docker engine
 // answers and which Compose CLI is installed.
 func detectCapabilities(ctx context.Context, cfg Config) *transport.Capabilities {
-	c := &transport.Capabilities{}
+	c := &transport.Capabilities{Commands: []string{transport.CommandRollback}}
 	for t := range Runners(cfg, nil) {
 		c.Steps = append(c.Steps, t)
 	}

@@ -13,7 +13,9 @@ import (
 
 // KeepExecutions is how many executions a state dir keeps, with their logs
 // and backups; older ones are deleted after each run. The unfinished
-// execution is never deleted.
+// execution is never deleted, and neither is the last one: its work
+// directory and bundle hold the undo data a rollback command needs
+// (docs/protocol.md, rollback) until a newer flow runs.
 const KeepExecutions = 10
 
 // extractedBundle returns the directory the bundle of execution id was
@@ -47,7 +49,8 @@ func prune(j *journal.Journal, stateDir string, keep int) error {
 	if err != nil {
 		return err
 	}
-	for len(ids) > keep {
+	// The newest execution stays, whatever keep says.
+	for len(ids) > max(keep, 1) {
 		id := ids[0]
 		ids = ids[1:]
 		if id == cur {

@@ -42,3 +42,31 @@ func TestPruneKeepsNewestAndUnfinished(t *testing.T) {
 		t.Errorf("work dir of the unfinished execution must stay: %v", err)
 	}
 }
+
+// TestPruneKeepsLastExecution: the last execution's work dir holds the
+// undo data a rollback command needs; no keep count prunes it.
+func TestPruneKeepsLastExecution(t *testing.T) {
+	dir := t.TempDir()
+	j, err := journal.Open(dir, journal.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	for _, id := range []string{"e1", "e2"} {
+		if err := j.SaveExecution(id, []byte(`{}`), false); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.MkdirAll(filepath.Join(engine.WorkRoot(dir, id), "step"), 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := prune(j, dir, 0); err != nil {
+		t.Fatal(err)
+	}
+	if left, _ := j.Executions(); len(left) != 1 || left[0] != "e2" {
+		t.Fatalf("left %v, want [e2]", left)
+	}
+	if _, err := os.Stat(engine.WorkRoot(dir, "e2")); err != nil {
+		t.Errorf("work dir of the last execution must stay: %v", err)
+	}
+}

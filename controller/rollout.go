@@ -116,7 +116,7 @@ func checkRollout(r *api.Rollout, n int, lenient bool) (*api.Rollout, []int, err
 	out := *r
 	out.Waves = append([]string(nil), r.Waves...)
 	if r.RollbackOnAbort {
-		return nil, nil, invalid("rollout.rollbackOnAbort: not available yet: rolling back the devices that already succeeded needs an agent command that does not exist yet (docs/rollouts.md); leave it out")
+		return nil, nil, invalid("rollout.rollbackOnAbort: not available yet: the controller does not send the agents' rollback command yet (docs/rollouts.md); leave it out")
 	}
 	if r.MaxInFlight < 0 {
 		return nil, nil, invalid("rollout.maxInFlight %d: want 0 (no limit) or more devices", r.MaxInFlight)

@@ -28,6 +28,11 @@
 // The flow ends Succeeded, Failed (Abort, MarkAsFailure, a flow timeout),
 // RolledBack or RollbackFailed (RollbackFlow).
 //
+// A Succeeded execution can be undone afterwards (Undo):
+//
+//	Succeeded ──Undo──▶ Running (undo journaled) ──anyStep actions, flow rollback steps──▶ RolledBack | RollbackFailed
+//	                        └──agent restart──▶ Resume carries on; no action runs twice
+//
 // Two lifetimes are kept apart: the context given to Run is the agent's;
 // when it ends the execution is interrupted (the journal still says
 // Running) and is resumed on restart. Step timeouts, the flow timeout and
@@ -106,6 +111,9 @@ type Event struct {
 	// Guided is set on the EventPause and EventResume of a pause that
 	// guided failure made (not a ManualIntervention strategy).
 	Guided bool
+	// Undo is set on the EventStart of the undoing of a Succeeded
+	// execution (Engine.Undo, or its Resume after a restart).
+	Undo bool
 }
 
 // EventType says what an Event is about.
@@ -311,6 +319,95 @@ func (e *Engine) Resume(ctx context.Context, f *flow.Flow, rec *Record) (*Result
 	}
 	defer e.end()
 	return r.execute(ctx, true)
+}
+
+// ErrNotUndoable is wrapped by the error of Undo for an execution that
+// cannot be undone: it did not end Succeeded, or its undo data is gone.
+var ErrNotUndoable = errors.New("the execution cannot be undone")
+
+// Undo undoes rec, an execution of f that ended Succeeded, as RollbackFlow
+// would have had the flow failed right after its last step (spec 6, and
+// docs/failure-handling.md "Undoing a succeeded execution"): the anyStep
+// rollback actions of the steps that ran, latest start first
+// (rollback.Undo), then the flow's rollback steps in order. Every action
+// is journaled before it acts and runs at most once: the record is marked
+// as being undone (Record.Undo) and unfinished before anything acts, so
+// an agent restart resumes the undo through Resume. The steps keep their
+// statuses; the execution ends RolledBack, or RollbackFailed when an
+// action or rollback step failed, with the actions in its record.
+//
+// An execution that did not end Succeeded, or whose undo data is gone
+// (its work directory was pruned), is refused with an error wrapping
+// ErrNotUndoable, and nothing is changed.
+func (e *Engine) Undo(ctx context.Context, f *flow.Flow, rec *Record, by, note string) (*Result, error) {
+	if err := e.CheckUndo(f, rec); err != nil {
+		return nil, err
+	}
+	r, err := resumeRun(e, f, rec)
+	if err != nil {
+		return nil, err
+	}
+	if err := e.begin(r); err != nil {
+		return nil, err
+	}
+	defer e.end()
+	now := e.opts.Now()
+	r.mu.Lock()
+	r.rec.Undo = &UndoRecord{By: by, Note: note, At: now, SucceededAt: r.rec.EndedAt, FirstAction: len(r.rec.Actions)}
+	r.rec.Status, r.rec.EndedAt = Running, nil
+	r.mu.Unlock()
+	return r.undo(ctx, false)
+}
+
+// CheckUndo says whether Undo would undo rec, an execution of f: nil, or
+// an error wrapping ErrNotUndoable (or a *PreflightError for an action
+// this engine cannot carry out).
+func (e *Engine) CheckUndo(f *flow.Flow, rec *Record) error {
+	refuse := func(format string, args ...any) error {
+		return fmt.Errorf("undo %s: %w: %s", rec.ID, ErrNotUndoable, fmt.Sprintf(format, args...))
+	}
+	switch {
+	case rec.Undo != nil && rec.Status.Done():
+		return refuse("it was undone already (%s)", rec.Status)
+	case rec.Undo != nil:
+		return refuse("its undo is in progress")
+	case rec.Status != Succeeded:
+		return refuse("it ended %s; only a Succeeded execution can be undone", rec.Status)
+	case rec.Flow != f.Name:
+		return fmt.Errorf("undo %s: the record is for flow %q, not %q", rec.ID, rec.Flow, f.Name)
+	}
+	ran := false
+	for _, s := range rec.Steps {
+		ran = ran || s.Seq > 0
+	}
+	if _, err := os.Stat(WorkRoot(e.opts.StateDir, rec.ID)); ran && errors.Is(err, os.ErrNotExist) {
+		return refuse("its undo data is gone (the work directory %s was pruned)", WorkRoot(e.opts.StateDir, rec.ID))
+	}
+	var probs []string
+	for _, s := range allSteps(f) {
+		r, ok := e.opts.Runners[s.step.Type()]
+		if !ok {
+			probs = append(probs, fmt.Sprintf("step %q: %s steps are not supported by this agent", s.step.Name, s.step.Type()))
+			continue
+		}
+		for _, a := range s.step.OnFailure {
+			switch a.Action {
+			case flow.ActionCommand, flow.ActionScript:
+				if e.opts.Commands == nil {
+					probs = append(probs, fmt.Sprintf("step %q: %s actions are not supported by this agent", s.step.Name, a.Action))
+				}
+			default:
+				if _, ok := r.(steps.Undoer); !ok {
+					probs = append(probs, fmt.Sprintf("step %q: %s is not supported by this agent", s.step.Name, a.Action))
+				}
+			}
+		}
+	}
+	if len(probs) > 0 {
+		sort.Strings(probs)
+		return &PreflightError{Problems: probs}
+	}
+	return nil
 }
 
 func (e *Engine) begin(r *run) error {

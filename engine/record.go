@@ -114,6 +114,10 @@ type Result struct {
 	// Pauses lists, while the flow has not ended, the steps and groups
 	// waiting for guidance, by name.
 	Pauses []PauseResult `json:"pauses,omitempty"`
+	// Undo is set on an execution that ended Succeeded and was then undone
+	// (its status is then RolledBack or RollbackFailed, or Running while
+	// the undo runs).
+	Undo *UndoRecord `json:"undo,omitempty"`
 }
 
 // Record is an execution as journaled: everything needed to report it, and
@@ -157,6 +161,23 @@ type Record struct {
 	GuidedPauses map[string]bool `json:"guidedPauses,omitempty"`
 	// Resumes counts how often the execution was resumed after a restart.
 	Resumes int `json:"resumes,omitempty"`
+	// Undo is set when the execution, after it ended Succeeded, is being
+	// (or was) undone (Engine.Undo): journaled before the first rollback
+	// action acts, so a restart finishes the undo.
+	Undo *UndoRecord `json:"undo,omitempty"`
+}
+
+// UndoRecord is the undoing of an execution that ended Succeeded: who
+// asked, why, when, and when the execution had ended.
+type UndoRecord struct {
+	By   string    `json:"by,omitempty"`
+	Note string    `json:"note,omitempty"`
+	At   time.Time `json:"at"`
+	// SucceededAt is when the execution had ended Succeeded.
+	SucceededAt *time.Time `json:"succeededAt,omitempty"`
+	// FirstAction is the index in Record.Actions of the undo's first
+	// action (those before ran during the execution).
+	FirstAction int `json:"firstAction,omitempty"`
 }
 
 // StopRecord is how the main sequence stopped.
@@ -232,7 +253,7 @@ type ActionRecord struct {
 // Result returns the spec 11 view of the record.
 func (r *Record) Result() *Result {
 	res := &Result{
-		Execution: r.ID, Flow: r.Flow, Status: r.Status, Error: r.Error,
+		Execution: r.ID, Flow: r.Flow, Status: r.Status, Error: r.Error, Undo: r.Undo,
 		Steps: []StepResult{}, Groups: []GroupResult{}, Actions: []ActionResult{},
 		Guidance: append([]GuidanceResult{}, r.Guidance...),
 	}

@@ -171,6 +171,10 @@ func (r *run) observe(ev Event) {
 func (r *run) now() time.Time { return r.e.opts.Now() }
 
 func (r *run) execute(ctx context.Context, resuming bool) (*Result, error) {
+	if r.rec.Undo != nil {
+		// An undo a restart cut off: it carries on.
+		return r.undo(ctx, resuming)
+	}
 	r.root = ctx
 	flowCtx := ctx
 	if r.f.Timeout > 0 {
@@ -244,6 +248,47 @@ func (r *run) execute(ctx context.Context, resuming bool) (*Result, error) {
 	if r.root.Err() != nil {
 		return r.interrupted()
 	}
+	return r.finish(status)
+}
+
+// undo runs the undoing of a Succeeded execution (Engine.Undo), or carries
+// on with one a restart cut off: the rollback actions rollback.Undo plans,
+// not those done already, then the flow's rollback steps. It has no flow
+// timeout: like all rollback work it runs in the agent's lifetime.
+func (r *run) undo(ctx context.Context, resuming bool) (*Result, error) {
+	r.root, r.flowCtx = ctx, ctx
+	if resuming {
+		r.prepareResume()
+		r.log.Info("undo resumed", "resumes", r.rec.Resumes)
+	} else {
+		r.log.Info("undo started", "by", r.rec.Undo.By)
+	}
+	// Journaled (as unfinished) before any action acts.
+	if err := r.save(); err != nil {
+		return nil, &JournalError{Err: err}
+	}
+	r.observe(Event{Type: EventStart, Status: Running, Resumed: resuming, Undo: true})
+	started, done := r.planInputs(nil)
+	for _, it := range rollback.Undo(started, done) {
+		if r.root.Err() != nil {
+			break // interrupted: the rest is done after the restart
+		}
+		r.runAction(it)
+	}
+	r.rollbackSteps(r.f.Rollback)
+	if r.root.Err() != nil {
+		return r.interrupted()
+	}
+	// Whether the undo succeeded is what its journaled actions say, so an
+	// action a restart cut off (Failed, not run again) counts too.
+	status := RolledBack
+	r.mu.Lock()
+	for _, a := range r.rec.Actions[min(r.rec.Undo.FirstAction, len(r.rec.Actions)):] {
+		if a.Status == Failed {
+			status = RollbackFailed
+		}
+	}
+	r.mu.Unlock()
 	return r.finish(status)
 }
 
@@ -1223,7 +1268,27 @@ func (r *run) addPending(p PlanRecord) bool {
 // a group failed) within g (nil: the whole flow). It reports whether every
 // action succeeded.
 func (r *run) runPlan(failed *flow.Step, g *flow.Group) bool {
+	started, done := r.planInputs(g)
+	ok := true
+	for _, it := range rollback.Plan(failed, started, done) {
+		if r.root.Err() != nil {
+			// Interrupted: what is left runs after the restart; journaling
+			// it as begun now would have the restart count it as cut off.
+			return false
+		}
+		if !r.runAction(it) {
+			ok = false
+		}
+	}
+	return ok
+}
+
+// planInputs returns what a rollback plan within g (nil: the whole flow)
+// starts from: the steps that started and ended, and which actions are
+// done already.
+func (r *run) planInputs(g *flow.Group) ([]rollback.Started, func(string) bool) {
 	r.mu.Lock()
+	defer r.mu.Unlock()
 	var started []rollback.Started
 	for _, sr := range r.rec.Steps {
 		if sr.Rollback != "" || sr.Seq == 0 || sr.Status == Running || sr.Status == Paused {
@@ -1242,14 +1307,7 @@ func (r *run) runPlan(failed *flow.Step, g *flow.Group) bool {
 			done[a.Key] = true
 		}
 	}
-	r.mu.Unlock()
-	ok := true
-	for _, it := range rollback.Plan(failed, started, func(k string) bool { return done[k] }) {
-		if !r.runAction(it) {
-			ok = false
-		}
-	}
-	return ok
+	return started, func(k string) bool { return done[k] }
 }
 
 // rollbackCtx is the context rollback work runs in: the agent's lifetime,

@@ -484,6 +484,48 @@ func (j *Journal) Installed(flow string) (version uint64, ok bool, err error) {
 	return version, ok, nil
 }
 
+// PutExecutionFinished stores the finished record of execution id inside
+// tx, and clears the current pointer if it names id: with what else tx
+// writes (an event, the installed release), it commits in one fsynced
+// transaction.
+func (t *Tx) PutExecutionFinished(id string, rec []byte) error {
+	if err := checkName("execution id", id); err != nil {
+		return fmt.Errorf("put execution: %w", err)
+	}
+	if err := t.tx.Bucket(bucketExecutions).Put([]byte(id), rec); err != nil {
+		return err
+	}
+	meta := t.tx.Bucket(bucketMeta)
+	if string(meta.Get(keyCurrent)) == id {
+		return meta.Delete(keyCurrent)
+	}
+	return nil
+}
+
+// Installed returns the installed release version of flow, inside tx.
+func (t *Tx) Installed(flow string) (uint64, bool, error) {
+	v, ok, err := parseVersion(t.tx.Bucket(bucketInstalled).Get([]byte(flow)))
+	if err != nil {
+		return 0, false, fmt.Errorf("installed version of %q: %w", flow, err)
+	}
+	return v, ok, nil
+}
+
+// SetInstalled records version as the installed release of flow, inside
+// tx; with ok false it records that none is installed. Unlike
+// SaveExecutionInstalled it may lower the version: it puts back what an
+// undone execution replaced.
+func (t *Tx) SetInstalled(flow string, version uint64, ok bool) error {
+	if flow == "" {
+		return errors.New("installed version: empty flow name")
+	}
+	b := t.tx.Bucket(bucketInstalled)
+	if !ok {
+		return b.Delete([]byte(flow))
+	}
+	return b.Put([]byte(flow), []byte(strconv.FormatUint(version, 10)))
+}
+
 func parseVersion(v []byte) (uint64, bool, error) {
 	if v == nil {
 		return 0, false, nil

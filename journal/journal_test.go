@@ -709,3 +709,55 @@ func TestInstalledVersion(t *testing.T) {
 		t.Fatalf("installed %d %v, want 3", v, ok)
 	}
 }
+
+// TestRestoreInstalledWithFinalRecord: an undone execution's final record
+// and the installed release it puts back commit in one transaction; the
+// release may go down, or away.
+func TestRestoreInstalledWithFinalRecord(t *testing.T) {
+	j, err := Open(t.TempDir(), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	if err := j.SaveExecutionInstalled("e1", []byte("done"), "web", 7); err != nil {
+		t.Fatal(err)
+	}
+	if err := j.PutExecutionCurrent("e1", []byte("undoing"), true); err != nil {
+		t.Fatal(err)
+	}
+	err = j.Update(func(tx *Tx) error {
+		if v, ok, err := tx.Installed("web"); err != nil || !ok || v != 7 {
+			t.Errorf("installed in tx: %d %v %v", v, ok, err)
+		}
+		if err := tx.PutExecutionFinished("e1", []byte("undone")); err != nil {
+			return err
+		}
+		return tx.SetInstalled("web", 5, true)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cur, _ := j.Current(); cur != "" {
+		t.Errorf("current %q after the final record", cur)
+	}
+	if rec, _ := j.Execution("e1"); string(rec) != "undone" {
+		t.Errorf("record %q", rec)
+	}
+	if v, ok, _ := j.Installed("web"); !ok || v != 5 {
+		t.Errorf("installed %d %v, want 5", v, ok)
+	}
+	// A failed transaction keeps nothing.
+	_ = j.Update(func(tx *Tx) error {
+		_ = tx.SetInstalled("web", 0, false)
+		return errors.New("boom")
+	})
+	if v, ok, _ := j.Installed("web"); !ok || v != 5 {
+		t.Errorf("installed %d %v after a failed tx, want 5", v, ok)
+	}
+	if err := j.Update(func(tx *Tx) error { return tx.SetInstalled("web", 0, false) }); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, _ := j.Installed("web"); ok {
+		t.Error("installed still recorded after none was put back")
+	}
+}

@@ -13,6 +13,13 @@
 //
 // Every action runs at most once per execution: done filters out those that
 // already ran, so a later failure, or a restart, never runs one twice.
+//
+// Undo plans the undoing of an execution that ended Succeeded (a
+// controller's rollback after the fact, docs/rollouts.md): what
+// RollbackFlow would have run had the flow failed right after its last
+// step. No step failed, so there are no own actions: the anyStep actions
+// of the steps that started, latest start first; then, by the engine, the
+// flow's rollback steps.
 package rollback
 
 import (
@@ -86,4 +93,14 @@ func Plan(failed *flow.Step, started []Started, done func(key string) bool) []It
 		add(s.Step, true)
 	}
 	return items
+}
+
+// Undo returns the rollback actions that undo a finished execution in
+// which started are the steps that started: their anyStep actions, latest
+// start first, as for a failure right after the last step. thisStep
+// actions never run (their step did not fail), and actions done already
+// (a RollbackGroup the flow's strategies then ignored, or an undo a
+// restart cut off) are filtered out by done.
+func Undo(started []Started, done func(key string) bool) []Item {
+	return Plan(nil, started, done)
 }

@@ -68,3 +68,34 @@ func TestPlanParallelSiblingsLatestFirst(t *testing.T) {
 		t.Fatalf("got %v", got)
 	}
 }
+
+func TestUndo(t *testing.T) {
+	a := stepWith("a", cmd(flow.AnyStep), cmd(flow.ThisStep))
+	b := stepWith("b", flow.RollbackAction{Action: flow.ActionRevertFiles, Trigger: flow.AnyStep}, cmd(flow.AnyStep))
+	c := stepWith("c", cmd(""))
+	d := stepWith("d")
+	for _, tc := range []struct {
+		name    string
+		started []Started
+		done    []string
+		want    []string
+	}{
+		{"nothing started", nil, nil, []string{}},
+		{"anyStep only, latest start first, in written order", []Started{{a, 1}, {b, 2}, {c, 3}}, nil, []string{"b#0", "b#1", "a#0"}},
+		{"thisStep actions never", []Started{{c, 1}, {d, 2}}, nil, []string{}},
+		{"start order, not document order", []Started{{b, 7}, {a, 9}}, nil, []string{"a#0", "b#0", "b#1"}},
+		{"done actions are not run again", []Started{{a, 1}, {b, 2}}, []string{"b#0", "a#0"}, []string{"b#1"}},
+		{"all done", []Started{{a, 1}}, []string{"a#0"}, []string{}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			done := map[string]bool{}
+			for _, k := range tc.done {
+				done[k] = true
+			}
+			got := keys(Undo(tc.started, func(k string) bool { return done[k] }))
+			if !reflect.DeepEqual(got, tc.want) {
+				t.Fatalf("got %v, want %v", got, tc.want)
+			}
+		})
+	}
+}

@@ -163,6 +163,42 @@ type MarkFailed struct {
 	Note string `json:"note,omitempty"`
 }
 
+// Rollback asks an agent to undo the execution of a deployment that ended
+// Succeeded: the anyStep rollback actions of the steps that ran, then the
+// flow's rollback steps, as docs/failure-handling.md describes. It is
+// gated by a capability: a controller sends it only to an agent whose
+// presence lists CommandRollback in capabilities.commands. Rollbacks are
+// idempotent by envelope id; the agent answers with one RolledBack event.
+// It runs when no flow runs (after the one running, in arrival order) and
+// is refused (RolledBack with status Failed) when the deployment's
+// execution is not the device's last one, did not end Succeeded, or its
+// undo data is gone.
+type Rollback struct {
+	Deployment string `json:"deployment"`
+	By         string `json:"by,omitempty"`
+	Note       string `json:"note,omitempty"`
+}
+
+// CommandRollback is the name an agent lists in capabilities.commands when
+// it handles Rollback.
+const CommandRollback = "rollback"
+
+// RolledBack reports the end of a Rollback: RolledBack or RollbackFailed
+// once the undo ran (its actions were reported as rollback-action events
+// before), or Failed when the agent refused it (Error says why) and
+// nothing ran.
+type RolledBack struct {
+	Deployment string `json:"deployment"`
+	// Execution is the deployment's execution on the device; empty only
+	// when the device has none.
+	Execution string     `json:"execution,omitempty"`
+	Status    Status     `json:"status"`
+	Error     *ErrorInfo `json:"error,omitempty"`
+}
+
+// RolledBackStatuses are the statuses of a RolledBack event.
+var RolledBackStatuses = []Status{StatusRolledBack, StatusRollbackFailed, StatusFailed}
+
 // Accepted reports that the agent took a dispatch and started (or resumed)
 // its execution.
 type Accepted struct {
@@ -325,6 +361,15 @@ type Capabilities struct {
 	Compose string `json:"compose,omitempty"`
 	// Steps lists the step types the agent runs.
 	Steps []string `json:"steps,omitempty"`
+	// Commands lists the capability-gated command types the agent handles
+	// (CommandRollback); a controller sends such a command only to an
+	// agent that lists it.
+	Commands []string `json:"commands,omitempty"`
+}
+
+// HasCommand reports whether c lists the gated command type name.
+func (c *Capabilities) HasCommand(name string) bool {
+	return c != nil && slices.Contains(c.Commands, name)
 }
 
 // Current is the execution a device is running.
@@ -346,6 +391,12 @@ func (*Guide) Type() Type { return TypeGuide }
 
 // Type returns TypeMarkFailed.
 func (*MarkFailed) Type() Type { return TypeMarkFailed }
+
+// Type returns TypeRollback.
+func (*Rollback) Type() Type { return TypeRollback }
+
+// Type returns TypeRolledBack.
+func (*RolledBack) Type() Type { return TypeRolledBack }
 
 // Type returns TypeAccepted.
 func (*Accepted) Type() Type { return TypeAccepted }
@@ -422,6 +473,28 @@ func (b *Guide) check() error {
 
 func (b *MarkFailed) check() error {
 	return all(id("deployment", b.Deployment), name("step", b.Step, false), text("by", b.By, MaxNameLen, false), text("note", b.Note, MaxTextLen, false))
+}
+
+func (b *Rollback) check() error {
+	return all(id("deployment", b.Deployment), text("by", b.By, MaxNameLen, false), text("note", b.Note, MaxTextLen, false))
+}
+
+func (b *RolledBack) check() error {
+	if err := id("deployment", b.Deployment); err != nil {
+		return err
+	}
+	if b.Execution != "" {
+		if err := id("execution", b.Execution); err != nil {
+			return err
+		}
+	}
+	if !slices.Contains(RolledBackStatuses, b.Status) {
+		return fmt.Errorf("status %q: want one of %v", b.Status, RolledBackStatuses)
+	}
+	if b.Status == StatusFailed && b.Error == nil {
+		return fmt.Errorf("error: missing (a refused rollback says why)")
+	}
+	return b.Error.check("error")
 }
 
 func (b *Accepted) check() error {
@@ -559,6 +632,11 @@ func (b *Presence) check() error {
 				return err
 			}
 		}
+		for i, s := range c.Commands {
+			if err := name(fmt.Sprintf("capabilities.commands[%d]", i), s, true); err != nil {
+				return err
+			}
+		}
 	}
 	if x := b.Execution; x != nil {
 		if err := all(id("execution.deployment", x.Deployment), id("execution.execution", x.Execution), name("execution.flow", x.Flow, true)); err != nil {
@@ -646,6 +724,10 @@ func DeploymentOf(b Body) string {
 	case *Guide:
 		return b.Deployment
 	case *MarkFailed:
+		return b.Deployment
+	case *Rollback:
+		return b.Deployment
+	case *RolledBack:
 		return b.Deployment
 	case *Accepted:
 		return b.Deployment

@@ -16,7 +16,11 @@ import (
 // version, changes are additive: new optional fields, which readers ignore.
 // A new message type, a new value of a closed set (error kinds, statuses,
 // actions) or any other change an old reader would refuse or misread
-// makes a new version.
+// makes a new version, with one exception: a message type gated by a
+// capability. A command type an agent lists in presence
+// capabilities.commands (CommandRollback) is sent only to agents that list
+// it, and the events that answer it (rolled-back) only come from them, so
+// no reader that does not know the type ever receives it.
 const Version = 1
 
 // MaxMessageSize is the largest encoded message, in bytes.
@@ -36,6 +40,7 @@ const (
 	TypeCancel         Type = "cancel"
 	TypeGuide          Type = "guide"
 	TypeMarkFailed     Type = "mark-failed"
+	TypeRollback       Type = "rollback"
 	TypeAccepted       Type = "accepted"
 	TypeRejected       Type = "rejected"
 	TypeQueued         Type = "queued"
@@ -45,15 +50,16 @@ const (
 	TypePaused         Type = "paused"
 	TypeResumed        Type = "resumed"
 	TypeFlowFinished   Type = "flow-finished"
+	TypeRolledBack     Type = "rolled-back"
 	TypeAck            Type = "ack"
 	TypePresence       Type = "presence"
 )
 
 // Types lists every message type: commands, events, ack, presence.
 var Types = []Type{
-	TypeDispatch, TypeCancel, TypeGuide, TypeMarkFailed,
+	TypeDispatch, TypeCancel, TypeGuide, TypeMarkFailed, TypeRollback,
 	TypeAccepted, TypeRejected, TypeQueued, TypeStepStarted, TypeStepFinished,
-	TypeRollbackAction, TypePaused, TypeResumed, TypeFlowFinished,
+	TypeRollbackAction, TypePaused, TypeResumed, TypeFlowFinished, TypeRolledBack,
 	TypeAck, TypePresence,
 }
 
@@ -65,6 +71,7 @@ var types = map[Type]struct {
 	TypeCancel:         {ChannelCommands, func() Body { return new(Cancel) }},
 	TypeGuide:          {ChannelCommands, func() Body { return new(Guide) }},
 	TypeMarkFailed:     {ChannelCommands, func() Body { return new(MarkFailed) }},
+	TypeRollback:       {ChannelCommands, func() Body { return new(Rollback) }},
 	TypeAccepted:       {ChannelEvents, func() Body { return new(Accepted) }},
 	TypeRejected:       {ChannelEvents, func() Body { return new(Rejected) }},
 	TypeQueued:         {ChannelEvents, func() Body { return new(Queued) }},
@@ -74,6 +81,7 @@ var types = map[Type]struct {
 	TypePaused:         {ChannelEvents, func() Body { return new(Paused) }},
 	TypeResumed:        {ChannelEvents, func() Body { return new(Resumed) }},
 	TypeFlowFinished:   {ChannelEvents, func() Body { return new(FlowFinished) }},
+	TypeRolledBack:     {ChannelEvents, func() Body { return new(RolledBack) }},
 	TypeAck:            {ChannelAcks, func() Body { return new(Ack) }},
 	TypePresence:       {ChannelPresence, func() Body { return new(Presence) }},
 }

@@ -29,6 +29,11 @@ func bodies() map[string]transport.Body {
 		"guide":                 &transport.Guide{Deployment: "dep-1", Step: "migrate", Action: onfailure.Retry, By: "alice"},
 		"guide-only-paused":     &transport.Guide{Deployment: "dep-1", Action: onfailure.Exclude},
 		"mark-failed":           &transport.MarkFailed{Deployment: "dep-1"},
+		"rollback":              &transport.Rollback{Deployment: "dep-1", By: "controller", Note: "abort threshold reached"},
+		"rollback-minimal":      &transport.Rollback{Deployment: "dep-1"},
+		"rolled-back":           &transport.RolledBack{Deployment: "dep-1", Execution: "ex-1", Status: transport.StatusRolledBack},
+		"rolled-back-failed":    &transport.RolledBack{Deployment: "dep-1", Execution: "ex-1", Status: transport.StatusRollbackFailed, Error: verr},
+		"rolled-back-refused":   &transport.RolledBack{Deployment: "dep-1", Status: transport.StatusFailed, Error: &transport.ErrorInfo{Type: onfailure.Unknown, Message: "not the device's last execution"}},
 		"accepted":              &transport.Accepted{Deployment: "dep-1", Dispatch: "m-1", Execution: "ex-1", Flow: "web"},
 		"rejected":              &transport.Rejected{Deployment: "dep-1", Dispatch: "m-1", Error: &transport.ErrorInfo{Type: onfailure.Integrity, Message: "bad signature"}},
 		"queued":                &transport.Queued{Deployment: "dep-2", Dispatch: "m-2", Position: 2},
@@ -43,7 +48,7 @@ func bodies() map[string]transport.Body {
 		"resumed":               &transport.Resumed{Deployment: "dep-1", Execution: "ex-1", Step: "migrate", Action: onfailure.Abort, By: "timeout"},
 		"flow-finished":         &transport.FlowFinished{Deployment: "dep-1", Execution: "ex-1", Flow: "web", Status: transport.StatusRolledBack, Error: verr, DurationMS: 42},
 		"ack":                   &transport.Ack{Seq: 17},
-		"presence":              &transport.Presence{Status: transport.Online, Agent: "0.7.0", Protocol: []int{1}, Labels: map[string]string{"site": "b"}, Capabilities: &transport.Capabilities{Docker: true, Compose: transport.ComposeV1, Steps: []string{"file", "script"}}, Execution: &transport.Current{Deployment: "dep-1", Execution: "ex-1", Flow: "web", Status: transport.StatusPaused}},
+		"presence":              &transport.Presence{Status: transport.Online, Agent: "0.7.0", Protocol: []int{1}, Labels: map[string]string{"site": "b"}, Capabilities: &transport.Capabilities{Docker: true, Compose: transport.ComposeV1, Steps: []string{"file", "script"}, Commands: []string{transport.CommandRollback}}, Execution: &transport.Current{Deployment: "dep-1", Execution: "ex-1", Flow: "web", Status: transport.StatusPaused}},
 		"presence-offline":      &transport.Presence{Status: transport.Offline},
 	}
 }
@@ -105,9 +110,9 @@ func TestEveryTypeRoundTrips(t *testing.T) {
 // TestTypesAndChannels pins which type travels where.
 func TestTypesAndChannels(t *testing.T) {
 	want := map[transport.Channel][]transport.Type{
-		transport.ChannelCommands: {transport.TypeDispatch, transport.TypeCancel, transport.TypeGuide, transport.TypeMarkFailed},
+		transport.ChannelCommands: {transport.TypeDispatch, transport.TypeCancel, transport.TypeGuide, transport.TypeMarkFailed, transport.TypeRollback},
 		transport.ChannelEvents: {transport.TypeAccepted, transport.TypeRejected, transport.TypeQueued, transport.TypeStepStarted,
-			transport.TypeStepFinished, transport.TypeRollbackAction, transport.TypePaused, transport.TypeResumed, transport.TypeFlowFinished},
+			transport.TypeStepFinished, transport.TypeRollbackAction, transport.TypePaused, transport.TypeResumed, transport.TypeFlowFinished, transport.TypeRolledBack},
 		transport.ChannelAcks:     {transport.TypeAck},
 		transport.ChannelPresence: {transport.TypePresence},
 	}

@@ -144,6 +144,19 @@ func TestSchemasAgreeWithDecode(t *testing.T) {
 			m["body"] = map[string]any{"deployment": "d", "url": "https://x/b", "sha256": strings.Repeat("a", 64), "size": 1,
 				"guidedFailure": map[string]any{"timeoutSeconds": 60, "onTimeout": "Retry"}}
 		}},
+		{"rolled-back refused without error", func(m map[string]any) {
+			m["type"] = "rolled-back"
+			m["body"] = map[string]any{"deployment": "d", "execution": "e", "status": "Failed"}
+		}},
+		{"rolled-back with a step status", func(m map[string]any) {
+			m["type"] = "rolled-back"
+			m["body"] = map[string]any{"deployment": "d", "execution": "e", "status": "Succeeded"}
+		}},
+		{"rollback without deployment", func(m map[string]any) {
+			m["type"] = "rollback"
+			delete(m, "seq")
+			m["body"] = map[string]any{"by": "x"}
+		}},
 		{"paused nothing", func(m map[string]any) {
 			m["type"] = "paused"
 			m["body"] = map[string]any{"deployment": "d", "execution": "e", "step": ""}
