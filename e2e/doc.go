@@ -9,7 +9,12 @@
 // The scenarios: a deployment that succeeds on every selected device; the
 // broker restarted, the controller killed and an agent killed while steps
 // run; a dispatch delivered twice; a step that fails on one device, which
-// rolls back. Tests that need Mosquitto skip loudly without it, unless
+// rolls back; rollouts in waves with a manual pause (a canary that
+// succeeds, one that fails), an abort threshold that trips and the retry
+// of the failed devices; guided failure answered with Retry, Exclude and
+// a group's Ignore; mark-failed refused and allowed; and a guided pause
+// that times out on a device cut off from the broker. Tests that need
+// Mosquitto skip loudly without it, unless
 // EDGEFLOW_REQUIRE_SERVICES=1.
 //
 //	go test -race -count=1 ./e2e/

@@ -5,8 +5,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // AgentOptions configure StartAgent.
@@ -125,3 +127,34 @@ func (a *Agent) Pid() int { return a.pid() }
 
 // Log returns what the agent logged in all its runs so far.
 func (a *Agent) Log() string { return a.log.String() }
+
+// CLI runs `edgeflow-agent ARGS --state-dir STATEDIR` in the device's
+// directory, as an operator on the device would (`status`, `guide`): while
+// the agent runs, such commands talk to it through its control socket. It
+// waits at most Deadline and returns how the command ended.
+func (a *Agent) CLI(args ...string) Result {
+	a.t.Helper()
+	args = append(slices.Clone(args), "--state-dir", a.StateDir)
+	cmd := exec.Command(a.bins.Agent, args...)
+	cmd.Dir = a.Dir
+	cmd.Env = cliEnv()
+	var stdout, stderr syncBuffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		a.t.Fatalf("run edgeflow-agent %s: %v", strings.Join(args, " "), err)
+	}
+	done := make(chan struct{})
+	go func() {
+		_ = cmd.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(Deadline):
+		_ = cmd.Process.Kill()
+		<-done
+		a.t.Errorf("edgeflow-agent %s did not exit within %v; killed", strings.Join(args, " "), Deadline)
+	}
+	return Result{Program: "edgeflow-agent", Args: args, Code: cmd.ProcessState.ExitCode(), Stdout: stdout.String(), Stderr: stderr.String()}
+}

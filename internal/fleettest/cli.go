@@ -12,7 +12,10 @@ import (
 
 // Result is how a CLI command ended.
 type Result struct {
-	// Args are the command's arguments, after `edgeflow`.
+	// Program is the command run: empty for `edgeflow`, else such as
+	// "edgeflow-agent" (Agent.CLI).
+	Program string
+	// Args are the command's arguments, after the program's name.
 	Args []string
 	// Code is the exit code (-1: ended by a signal).
 	Code           int
@@ -22,7 +25,11 @@ type Result struct {
 // String shows the command with its exit code and output, for a failure
 // message.
 func (r Result) String() string {
-	return fmt.Sprintf("edgeflow %s: exit %d\n--- stdout:\n%s--- stderr:\n%s", strings.Join(r.Args, " "), r.Code, r.Stdout, r.Stderr)
+	prog := r.Program
+	if prog == "" {
+		prog = "edgeflow"
+	}
+	return fmt.Sprintf("%s %s: exit %d\n--- stdout:\n%s--- stderr:\n%s", prog, strings.Join(r.Args, " "), r.Code, r.Stdout, r.Stderr)
 }
 
 // Command is an operator command running in the background.

@@ -25,6 +25,9 @@ type Options struct {
 	Broker string
 	// Devices are the agents to start.
 	Devices []Device
+	// ControllerArgs are more flags for `edgeflow serve`, such as
+	// --allow-mark-failed.
+	ControllerArgs []string
 }
 
 // Fleet is a controller with its agents, all real processes.
@@ -45,7 +48,7 @@ type Fleet struct {
 func New(t testing.TB, opts Options) *Fleet {
 	t.Helper()
 	f := &Fleet{t: t, Bins: Build(t), Key: NewKey(t)}
-	f.Controller = StartController(t, f.Bins, ControllerOptions{Broker: opts.Broker})
+	f.Controller = StartController(t, f.Bins, ControllerOptions{Broker: opts.Broker, Args: opts.ControllerArgs})
 	ids := make([]string, 0, len(opts.Devices))
 	for _, d := range opts.Devices {
 		f.AddAgent(d)

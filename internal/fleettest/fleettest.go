@@ -13,7 +13,9 @@
 //     a brokertest.Mosquitto's URL). A restart keeps its data dir and its
 //     ports, so the agents and the CLI find it again.
 //   - StartAgent runs `edgeflow-agent run` with a state dir and a device
-//     directory of its own (see Agent.Dir).
+//     directory of its own (see Agent.Dir); Agent.CLI runs a command on
+//     the device against that state dir (`edgeflow-agent status`), as an
+//     operator on the device would.
 //   - Controller.CLI runs an operator command (`edgeflow deploy ...`) as a
 //     process against the controller and returns its exit code, stdout and
 //     stderr; Controller.StartCLI runs one in the background (a `watch`
