@@ -37,6 +37,8 @@ func (c *Controller) commandMessage(ctx context.Context, cmd store.Command) (*tr
 		body = &transport.Guide{Deployment: cmd.Deployment, Step: cmd.Step, Action: cmd.Action, By: cmd.By, Note: cmd.Note}
 	case transport.TypeMarkFailed:
 		body = &transport.MarkFailed{Deployment: cmd.Deployment, Step: cmd.Step, By: cmd.By, Note: cmd.Note}
+	case transport.TypeRollback:
+		body = &transport.Rollback{Deployment: cmd.Deployment, By: cmd.By, Note: cmd.Note}
 	default:
 		return nil, fmt.Errorf("command %s: unknown type %q", cmd.ID, cmd.Type)
 	}

@@ -315,6 +315,9 @@ func (c *Controller) cancel(w *work, id string, req api.Cancel) error {
 	if deploymentFinal(d.Status) {
 		return conflict("deployment %s has already ended: %s", id, d.Status)
 	}
+	if d.Status == api.DeploymentRollingBack {
+		return conflict("deployment %s is rolling back after its abort: %d of its devices have not answered their rollback yet; it ends when they have (or when the rollout's deviceTimeout passes)", id, d.Rollback.Pending())
+	}
 	now := c.now().UTC()
 	if d.Cancel == nil {
 		d.Cancel = &api.Cancellation{By: req.By, Note: req.Note, Time: now}
@@ -354,7 +357,11 @@ func (c *Controller) cancel(w *work, id string, req api.Cancel) error {
 		w.send = append(w.send, cmd)
 		sent++
 	}
-	settle(d, now)
+	// advance starts nothing on a cancelled deployment; it finishes the
+	// wave whose devices the cancel ended, then settles the status.
+	if err := w.advance(d, now); err != nil {
+		return err
+	}
 	if err := w.deploymentEvent(d, false); err != nil {
 		return err
 	}
@@ -374,7 +381,7 @@ func (c *Controller) deploymentView(d store.Deployment, b store.Bundle) api.Depl
 		Created: d.Created, Finished: d.Finished, Counts: counts, Cancel: d.Cancel,
 		Rollout: d.Rollout, GuidedFailure: d.GuidedFailure, Wave: d.Wave,
 		AwaitingPromotion: d.AwaitingPromotion, PausedUntil: d.PausedUntil, Abort: d.Abort,
-		RetryOf: d.RetryOf, Retries: slices.Clone(d.Retries),
+		Rollback: cloneRollback(d.Rollback), RetryOf: d.RetryOf, Retries: slices.Clone(d.Retries),
 	}
 	prev := 0
 	for i, wv := range d.Waves {
@@ -394,6 +401,14 @@ func (c *Controller) deploymentView(d store.Deployment, b store.Bundle) api.Depl
 		prev = wv.Target
 	}
 	return v
+}
+
+func cloneRollback(r *api.RollbackState) *api.RollbackState {
+	if r == nil {
+		return nil
+	}
+	c := *r
+	return &c
 }
 
 func (c *Controller) bundleView(b store.Bundle) api.Bundle {

@@ -60,6 +60,9 @@
 //
 //	Paused ──guide Exclude──► Excluded
 //	Pending, Queued, Running, Paused ──rollout deviceTimeout──► TimedOut
+//	Succeeded ──rollbackOnAbort: rollback sent──► RollingBack
+//	RollingBack ──rolled-back──► RolledBack | RollbackFailed (also refused: Failed)
+//	RollingBack ──rollout deviceTimeout after the rollback──► RollbackFailed
 //
 // step-started, step-finished and rollback-action events fill the run's
 // steps and rollback actions. A run that has finished (Rejected or a
@@ -74,7 +77,11 @@
 // Exclude guidance), TimedOut (the rollout's deviceTimeout passed since
 // the dispatch; the device gets a cancel) and Skipped (the rollout
 // aborted before the device's turn) are set by the controller and final:
-// the device's later reports are stored but do not move them.
+// the device's later reports are stored but do not move them. A
+// RollingBack run (a Succeeded device sent a rollback on abort) has
+// finished its flow and takes only its rollback's events: rollback
+// actions and rollback steps, then rolled-back; it never counts twice for
+// the abort threshold (it stays judged as the success it was).
 //
 // # A deployment
 //
@@ -83,7 +90,12 @@
 //	   └──every run finished──┬─► Succeeded   every run Succeeded (or Excluded)
 //	                          ├─► Failed      any other mix
 //	                          ├─► Cancelled   an operator cancelled it
-//	                          └─► Aborted     the rollout's abort threshold tripped
+//	                          ├─► Aborted     the rollout's abort threshold tripped
+//	                          └─► RollingBack tripped with rollbackOnAbort: the
+//	                                 │        Succeeded devices were sent a rollback
+//	                                 │ every rollback answered (or timed out)
+//	                                 ├─► RolledBack  every one rolled back cleanly
+//	                                 └─► Aborted     one could not, failed or timed out
 //
 // A deployment's status is final once every run has finished, and stays
 // final: later events still update runs and counts. Each change appends
@@ -102,12 +114,16 @@
 // store (each run's wave, dispatch time and deadline; the deployment's
 // wave, cursor, pause, abort and tally); the timers (one per deployment,
 // for a pause's end or a device's deadline) are armed again from it when
-// Run starts. docs/rollouts.md has the whole story.
+// Run starts. With rollbackOnAbort, once the threshold has tripped and
+// every run has finished its flow, advance sends a rollback (a pending
+// command, like a dispatch) to every Succeeded device whose presence lists
+// the command. docs/rollouts.md has the whole story.
 //
 //	wave:  Waiting ──started──► Running ──its runs and earlier ones finished──► Finished
 //	next:  Finished ──pause ""──► start   ──pause D──► start at finished+D
 //	                ──pause manual──► awaitingPromotion ──promote──► start
 //
 // Operators' requests (guide, mark-failed, cancel, promote, retry) are
-// recorded in the deployment's audit in the same commit.
+// recorded in the deployment's audit in the same commit, as is the
+// controller's own rollback on abort (by "controller").
 package controller

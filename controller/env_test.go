@@ -229,6 +229,9 @@ type device struct {
 	stream string
 	// acked is what the device says was acknowledged (presence.acked).
 	acked uint64
+	// gated are the capability-gated commands its presence lists
+	// (capabilities.commands).
+	gated []string
 
 	mu       sync.Mutex
 	commands []*transport.Message
@@ -321,7 +324,7 @@ func (d *device) presence(status string, labels map[string]string) {
 	p := &transport.Presence{Status: status, Agent: "0.7.0"}
 	if status == transport.Online {
 		p.Protocol, p.Labels, p.Stream, p.Acked = []int{1}, labels, d.stream, d.acked
-		p.Capabilities = &transport.Capabilities{Docker: true, Compose: transport.ComposeV2, Steps: []string{"script"}}
+		p.Capabilities = &transport.Capabilities{Docker: true, Compose: transport.ComposeV2, Steps: []string{"script"}, Commands: d.gated}
 	}
 	m, err := transport.New(d.id, p)
 	if err != nil {

@@ -311,6 +311,17 @@ func (c *Controller) applyEvent(w *work, device string, msg *transport.Message, 
 		return nil
 	}
 	moved(d, &r.DeviceRun, old, oldErr)
+	if old == api.DeviceRollingBack && r.Status != old && d.Rollback != nil {
+		// The rollback's answer; a run moves out of RollingBack once.
+		if r.Status == string(transport.StatusRolledBack) {
+			d.Rollback.RolledBack++
+		} else {
+			d.Rollback.Failed++
+		}
+		if b, ok := msg.Body.(*transport.RolledBack); ok && b.Execution != "" && r.Execution != "" && b.Execution != r.Execution {
+			log.Warn("rolled-back names another execution than the run's", "execution", b.Execution, "run", r.Execution)
+		}
+	}
 	if old != r.Status {
 		log.Info("device run changed", "status", r.Status, "type", msg.Type)
 		if r.Status != api.DevicePending {
@@ -335,7 +346,8 @@ func (c *Controller) applyEvent(w *work, device string, msg *transport.Message, 
 // answered returns the types of the pending commands an event answers: a
 // resumed answers a guide; a paused, or a step that failed as marked,
 // answers a mark-failed; the end of the flow (flow-finished, rejected)
-// answers every command of the deployment.
+// answers every command of the deployment but a rollback, which only
+// rolled-back answers.
 func answered(b transport.Body) []transport.Type {
 	switch b := b.(type) {
 	case *transport.Resumed:
@@ -348,6 +360,8 @@ func answered(b transport.Body) []transport.Type {
 		}
 	case *transport.FlowFinished, *transport.Rejected:
 		return []transport.Type{transport.TypeDispatch, transport.TypeCancel, transport.TypeGuide, transport.TypeMarkFailed}
+	case *transport.RolledBack:
+		return []transport.Type{transport.TypeRollback}
 	}
 	return nil
 }

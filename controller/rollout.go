@@ -115,8 +115,8 @@ func checkRollout(r *api.Rollout, n int, lenient bool) (*api.Rollout, []int, err
 	}
 	out := *r
 	out.Waves = append([]string(nil), r.Waves...)
-	if r.RollbackOnAbort {
-		return nil, nil, invalid("rollout.rollbackOnAbort: not available yet: the controller does not send the agents' rollback command yet (docs/rollouts.md); leave it out")
+	if r.RollbackOnAbort && r.Abort == nil {
+		return nil, nil, invalid("rollout.rollbackOnAbort: needs an abort threshold (rollout.abort): it rolls back the devices that succeeded once the threshold trips")
 	}
 	if r.MaxInFlight < 0 {
 		return nil, nil, invalid("rollout.maxInFlight %d: want 0 (no limit) or more devices", r.MaxInFlight)
@@ -350,9 +350,16 @@ func (w *work) advance(d *store.Deployment, now time.Time) error {
 			}
 		}
 	}
-	if d.Cancel != nil || d.Abort != nil {
-		return nil
+	// rollbackOnAbort: once the devices in flight have finished, the
+	// Succeeded ones are rolled back.
+	if d.Abort != nil && d.Cancel == nil && d.Rollout.RollbackOnAbort && d.Rollback == nil && !anyUnfinished(d) {
+		if err := w.rollBack(d, now); err != nil {
+			return err
+		}
 	}
+	// A cancelled or aborted rollout starts nothing any more, but the wave
+	// it stopped in still finishes when its last device does.
+	stopped := d.Cancel != nil || d.Abort != nil
 	for d.Wave >= 1 && waveDone(d, d.Wave) {
 		wave := &d.Waves[d.Wave-1]
 		if wave.Finished == nil {
@@ -361,7 +368,7 @@ func (w *work) advance(d *store.Deployment, now time.Time) error {
 			w.dirtyDeployments[d.ID] = true
 			w.c.log.Info("rollout wave finished", "deployment", d.ID, "wave", d.Wave, "counts", wave.Counts)
 		}
-		if d.Wave == len(d.Waves) || d.AwaitingPromotion {
+		if stopped || d.Wave == len(d.Waves) || d.AwaitingPromotion {
 			break
 		}
 		if p.manual {
@@ -382,7 +389,7 @@ func (w *work) advance(d *store.Deployment, now time.Time) error {
 		startWave(d, d.Wave+1, now)
 		w.c.log.Info("rollout wave started", "deployment", d.ID, "wave", d.Wave)
 	}
-	if d.AwaitingPromotion || d.PausedUntil != nil || d.Wave < 1 {
+	if stopped || d.AwaitingPromotion || d.PausedUntil != nil || d.Wave < 1 {
 		return nil
 	}
 	n := d.Waves[d.Wave-1].Target - d.Dispatched
@@ -436,6 +443,82 @@ func (w *work) trip(d *store.Deployment, now time.Time) error {
 		w.putRun(r)
 		w.deviceEvent(d, r, nil)
 	}
+	return nil
+}
+
+// anyUnfinished reports whether some run of the deployment has not
+// finished its flow.
+func anyUnfinished(d *store.Deployment) bool {
+	for s, n := range d.Counts {
+		if n > 0 && !runFinished(s) {
+			return true
+		}
+	}
+	return false
+}
+
+// rollBack starts the rollback on abort (rollbackOnAbort) of a deployment
+// whose threshold tripped and whose every run has finished its flow: each
+// Succeeded device whose agent lists the rollback command
+// (presence.capabilities.commands, as last known) is sent one, stored as
+// a pending command before it is published and sent again with the same
+// id until the device answers rolled-back; its run becomes RollingBack
+// (with a new deadline, when the rollout has a deviceTimeout). A
+// Succeeded device whose agent cannot undo stays Succeeded with a note.
+// With no Succeeded device there is nothing to roll back: the deployment
+// ends Aborted as without the option.
+func (w *work) rollBack(d *store.Deployment, now time.Time) error {
+	runs, err := w.runsAfter(d.ID, "", 0)
+	if err != nil {
+		return err
+	}
+	note := "abort threshold tripped: " + d.Abort.Reason
+	p := planOf(d.Rollout)
+	st := &api.RollbackState{Time: now}
+	for _, r := range runs {
+		if r.Status != string(transport.StatusSucceeded) || r.Rollback != nil {
+			continue
+		}
+		dev, err := w.device(r.Device)
+		if err != nil {
+			return err
+		}
+		r.Updated = now
+		if dev == nil || !dev.Capabilities.HasCommand(transport.CommandRollback) {
+			agent := "its agent"
+			if dev != nil && dev.Agent != "" {
+				agent = "its agent " + dev.Agent
+			}
+			r.Rollback = &api.RunRollback{Note: fmt.Sprintf("not rolled back: %s does not list the %q command in its presence's capabilities, so it cannot undo the deployment", agent, transport.CommandRollback)}
+			st.Unsupported++
+			w.putRun(r)
+			w.deviceEvent(d, r, nil)
+			w.c.log.Warn("device cannot roll back: it stays Succeeded", "deployment", d.ID, "device", r.Device)
+			continue
+		}
+		cmd := store.Command{ID: transport.NewID(), Type: transport.TypeRollback, Device: r.Device, Deployment: d.ID, Time: now, By: "controller", Note: note}
+		t := now
+		r.Rollback = &api.RunRollback{Command: cmd.ID, Sent: &t}
+		setRunStatus(d, &r.DeviceRun, api.DeviceRollingBack)
+		if p.timeout > 0 {
+			dl := now.Add(p.timeout)
+			r.Deadline = &dl
+			w.wakeAt(d.ID, dl)
+		}
+		w.putRun(r)
+		w.deviceEvent(d, r, nil)
+		w.batch.PutCommands = append(w.batch.PutCommands, cmd)
+		w.send = append(w.send, cmd)
+		st.Devices++
+	}
+	if st.Devices+st.Unsupported == 0 {
+		return nil
+	}
+	d.Rollback = st
+	w.dirtyDeployments[d.ID] = true
+	w.audit(d, api.AuditEntry{Time: now, By: "controller", Action: api.AuditRollback, Devices: st.Devices,
+		Note: fmt.Sprintf("%s; rolling back %d succeeded device(s), %d cannot roll back", note, st.Devices, st.Unsupported)})
+	w.c.log.Warn("rollout rolls back the succeeded devices", "deployment", d.ID, "devices", st.Devices, "unsupported", st.Unsupported)
 	return nil
 }
 
@@ -498,6 +581,10 @@ func (w *work) timeOut(d *store.Deployment, now time.Time) error {
 	}
 	for _, sr := range runs {
 		r := w.adopt(sr)
+		if r.Status == api.DeviceRollingBack && r.Deadline != nil {
+			w.rollbackTimeOut(d, r, now)
+			continue
+		}
 		if !inFlight(r.Status) || r.Deadline == nil {
 			continue
 		}
@@ -525,6 +612,34 @@ func (w *work) timeOut(d *store.Deployment, now time.Time) error {
 		w.c.log.Warn("device timed out", "deployment", d.ID, "device", r.Device, "was", old)
 	}
 	return nil
+}
+
+// rollbackTimeOut ends a rollback on abort that the device has not
+// answered by its deadline: the run becomes RollbackFailed (kind Timeout)
+// and its rollback is no longer sent. A later rolled-back is stored but
+// does not move the run.
+func (w *work) rollbackTimeOut(d *store.Deployment, r *store.Run, now time.Time) {
+	if now.Before(*r.Deadline) {
+		w.wakeAt(d.ID, *r.Deadline)
+		return
+	}
+	msg := fmt.Sprintf("did not answer its rollback within the rollout's deviceTimeout of %s", d.Rollout.DeviceTimeout)
+	setRun(d, &r.DeviceRun, string(transport.StatusRollbackFailed), &transport.ErrorInfo{Type: onfailure.Timeout, Message: msg})
+	if r.Rollback != nil {
+		rb := *r.Rollback
+		t := now
+		rb.Finished = &t
+		r.Rollback = &rb
+	}
+	if d.Rollback != nil {
+		d.Rollback.Failed++
+	}
+	r.Updated = now
+	w.putRun(r)
+	w.dirtyDeployments[d.ID] = true
+	w.deviceEvent(d, r, nil)
+	w.batch.DeleteCommands = append(w.batch.DeleteCommands, store.CommandKey{Device: r.Device, Deployment: d.ID, Type: transport.TypeRollback})
+	w.c.log.Warn("rollback timed out", "deployment", d.ID, "device", r.Device)
 }
 
 // cancelCommand returns the cancel to send to a device for a deployment:

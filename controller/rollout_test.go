@@ -467,7 +467,7 @@ func TestRolloutValidation(t *testing.T) {
 		{&api.Rollout{Abort: &api.AbortPolicy{Threshold: 101}}, nil, "rollout.abort.threshold 101: want a percent from 0 to 100"},
 		{&api.Rollout{Abort: &api.AbortPolicy{Threshold: 5, MinSample: -2}}, nil, "rollout.abort.minSample -2"},
 		{&api.Rollout{Abort: &api.AbortPolicy{Threshold: 5, Errors: []onfailure.Kind{"Oops"}}}, nil, `rollout.abort.errors[0] "Oops": unknown error kind`},
-		{&api.Rollout{RollbackOnAbort: true}, nil, "rollout.rollbackOnAbort: not available yet"},
+		{&api.Rollout{RollbackOnAbort: true}, nil, "rollout.rollbackOnAbort: needs an abort threshold (rollout.abort)"},
 		{nil, &api.GuidedFailure{Timeout: "later"}, `guidedFailure.timeout "later"`},
 		{nil, &api.GuidedFailure{Timeout: "100ms"}, "guidedFailure: timeout 100ms: want 1s to"},
 		{nil, &api.GuidedFailure{Timeout: "1h", OnTimeout: "Retry"}, `guidedFailure: onTimeout "Retry": want one of Ignore, MarkAsSuccess`},

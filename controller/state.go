@@ -66,6 +66,9 @@ func notStarted(status string) bool {
 // changed. It is pure: the caller stores the result. See the package doc
 // for the state machine.
 func applyEvent(run *api.DeviceRun, m *transport.Message, now time.Time) bool {
+	if run.Status == api.DeviceRollingBack {
+		return applyRollbackEvent(run, m, now)
+	}
 	if (runFinished(run.Status) && run.Status != api.DeviceCancelled) || run.Status == api.DeviceWaiting {
 		return false
 	}
@@ -140,6 +143,53 @@ func applyEvent(run *api.DeviceRun, m *transport.Message, now time.Time) bool {
 	}
 	if run.Status != string(transport.StatusPaused) {
 		run.Pause = nil
+	}
+	if equalRuns(before, run) {
+		return false
+	}
+	run.Updated = now
+	return true
+}
+
+// applyRollbackEvent applies an agent event to a run that is rolling back
+// on abort (RollingBack): the rollback's actions and rollback steps fill
+// the run, and rolled-back ends it RolledBack or RollbackFailed (also when
+// the agent refused it: status Failed, Refused). Any other event changes
+// nothing. It reports whether the run changed.
+func applyRollbackEvent(run *api.DeviceRun, m *transport.Message, now time.Time) bool {
+	before := snapshot(run)
+	switch b := m.Body.(type) {
+	case *transport.RollbackAction:
+		run.RollbackActions = append(run.RollbackActions, api.RollbackActionRun{
+			Step: b.Step, Action: b.Action, Trigger: b.Trigger, Status: string(b.Status), Error: b.Error,
+		})
+	case *transport.StepStarted:
+		if b.Rollback == "" {
+			return false
+		}
+		s := step(run, b.Step, b.Rollback)
+		s.Group, s.Status, s.Attempt = b.Group, string(transport.StatusRunning), b.Attempt
+	case *transport.StepFinished:
+		if b.Rollback == "" {
+			return false
+		}
+		s := step(run, b.Step, b.Rollback)
+		s.Group, s.Status, s.Attempt, s.Error, s.DurationMS = b.Group, string(b.Status), b.Attempt, b.Error, b.DurationMS
+	case *transport.RolledBack:
+		status := b.Status
+		rb := api.RunRollback{}
+		if run.Rollback != nil {
+			rb = *run.Rollback
+		}
+		if status == transport.StatusFailed {
+			// The agent refused it and ran nothing.
+			status, rb.Refused = transport.StatusRollbackFailed, true
+		}
+		t := now
+		rb.Finished = &t
+		run.Status, run.Error, run.Rollback = string(status), b.Error, &rb
+	default:
+		return false
 	}
 	if equalRuns(before, run) {
 		return false
@@ -232,6 +282,11 @@ func moved(d *store.Deployment, run *api.DeviceRun, old string, oldErr *transpor
 			w.Counts = countIn(w.Counts, run.Status, +1)
 		}
 	}
+	if run.Rollback != nil {
+		// A Succeeded run rolled back on abort: it was judged as
+		// Succeeded, and rolling it back does not change that.
+		return
+	}
 	f0, x0 := judge(d, old, oldErr)
 	f1, x1 := judge(d, run.Status, run.Error)
 	d.Tally.Finished += f1 - f0
@@ -277,7 +332,9 @@ func countIn(counts map[string]int, status string, n int) map[string]int {
 // settle sets the deployment's status from its counts: Running while a
 // run has not finished (Paused while it waits for a promotion, the end of
 // a pause between waves, or guidance of a paused device); then Cancelled
-// if an operator cancelled it, Aborted if its threshold tripped,
+// if an operator cancelled it; RollingBack while rollbacks on abort have
+// not been answered, then RolledBack if every Succeeded device rolled
+// back cleanly; Aborted if its threshold tripped (and not RolledBack);
 // Succeeded if every run Succeeded (or was Excluded), Failed otherwise. A
 // final status stays.
 func settle(d *store.Deployment, now time.Time) {
@@ -299,6 +356,12 @@ func settle(d *store.Deployment, now time.Time) {
 		return
 	case d.Cancel != nil:
 		d.Status = api.DeploymentCancelled
+	case d.Abort != nil && d.Rollback.Pending() > 0:
+		d.Status = api.DeploymentRollingBack
+		d.AwaitingPromotion, d.PausedUntil = false, nil
+		return
+	case d.Abort != nil && d.Rollback != nil && d.Rollback.Failed == 0 && d.Rollback.Unsupported == 0:
+		d.Status = api.DeploymentRolledBack
 	case d.Abort != nil:
 		d.Status = api.DeploymentAborted
 	case d.Counts[string(transport.StatusSucceeded)]+d.Counts[api.DeviceExcluded] == d.Devices:
@@ -323,8 +386,9 @@ func summary(d *store.Deployment) string {
 		Awaiting bool
 		Until    *time.Time
 		Abort    bool
+		Rollback *api.RollbackState
 		Retries  int
-	}{d.Status, d.Counts, d.Cancel != nil, d.Wave, d.Waves, d.AwaitingPromotion, d.PausedUntil, d.Abort != nil, len(d.Retries)}
+	}{d.Status, d.Counts, d.Cancel != nil, d.Wave, d.Waves, d.AwaitingPromotion, d.PausedUntil, d.Abort != nil, d.Rollback, len(d.Retries)}
 	data, _ := json.Marshal(s)
 	return string(data)
 }

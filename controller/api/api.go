@@ -140,9 +140,11 @@ type Rollout struct {
 	// dispatch becomes TimedOut (a failure of kind Timeout) and is sent a
 	// cancel. Empty: no limit.
 	DeviceTimeout string `json:"deviceTimeout,omitempty"`
-	// RollbackOnAbort is reserved: rolling back the devices that already
-	// succeeded when the rollout aborts needs an agent command that does
-	// not exist yet, so true is refused.
+	// RollbackOnAbort: once the abort threshold trips and the devices in
+	// flight have finished, the controller sends a rollback command to
+	// every Succeeded device whose agent lists it in
+	// capabilities.commands, and the deployment is RollingBack until they
+	// answer. It needs Abort.
 	RollbackOnAbort bool `json:"rollbackOnAbort,omitempty"`
 }
 
@@ -188,8 +190,15 @@ const (
 	// DeploymentAborted: the rollout's abort threshold tripped; the
 	// devices that had not started were Skipped.
 	DeploymentAborted = "Aborted"
-	// DeploymentRolledBack is reserved for rollbackOnAbort (not yet
-	// available): no deployment has this status today.
+	// DeploymentRollingBack: the abort threshold tripped with
+	// rollbackOnAbort, every device's flow has finished, and the
+	// Succeeded devices were sent a rollback that some have not answered
+	// yet. Not final.
+	DeploymentRollingBack = "RollingBack"
+	// DeploymentRolledBack: the abort threshold tripped with
+	// rollbackOnAbort and every device that had Succeeded rolled back
+	// cleanly (a device that could not, or whose rollback failed, makes
+	// the deployment Aborted instead).
 	DeploymentRolledBack = "RolledBack"
 )
 
@@ -219,6 +228,12 @@ const (
 	// DeviceSkipped: the rollout aborted before the device's turn; it
 	// was never dispatched.
 	DeviceSkipped = "Skipped"
+	// DeviceRollingBack: the device had Succeeded and was sent a rollback
+	// (rollbackOnAbort) that it has not answered yet. It ends RolledBack
+	// or RollbackFailed (also when the agent refused the rollback, or
+	// the rollout's deviceTimeout passed first); DeviceRun.Rollback has
+	// the details.
+	DeviceRollingBack = "RollingBack"
 )
 
 // Cancellation records an operator's cancel of a deployment.
@@ -267,7 +282,34 @@ const (
 	AuditCancel     = "cancel"
 	AuditPromote    = "promote"
 	AuditRetry      = "retry"
+	// AuditRollback is the controller's own decision (By "controller"):
+	// rollbackOnAbort sent its rollbacks; Devices is how many.
+	AuditRollback = "rollback"
 )
+
+// RollbackState is the rollback on abort of a deployment (rollbackOnAbort):
+// when it started, and how its devices did.
+type RollbackState struct {
+	Time time.Time `json:"time"`
+	// Devices is how many Succeeded devices were sent a rollback;
+	// RolledBack and Failed how many of them answered so (Failed also
+	// counts refusals and timeouts). The others are RollingBack.
+	Devices    int `json:"devices"`
+	RolledBack int `json:"rolledBack"`
+	Failed     int `json:"failed"`
+	// Unsupported is how many Succeeded devices were not sent one: their
+	// agent does not list the rollback command (they stay Succeeded, and
+	// the deployment ends Aborted).
+	Unsupported int `json:"unsupported,omitempty"`
+}
+
+// Pending is how many rollbacks have not been answered.
+func (r *RollbackState) Pending() int {
+	if r == nil {
+		return 0
+	}
+	return r.Devices - r.RolledBack - r.Failed
+}
 
 // AuditEntry records an operator's request on a deployment. By is what
 // the request said (the CLI sends the login name); with one API token the
@@ -321,8 +363,12 @@ type Deployment struct {
 	// PausedUntil: a wave has finished and the next one starts then.
 	PausedUntil *time.Time `json:"pausedUntil,omitempty"`
 	// Abort is set once the abort threshold tripped: no device starts
-	// any more, and the deployment ends Aborted.
+	// any more, and the deployment ends Aborted (or, with
+	// rollbackOnAbort, RollingBack and then RolledBack or Aborted).
 	Abort *AbortState `json:"abort,omitempty"`
+	// Rollback is set once rollbackOnAbort started rolling back the
+	// Succeeded devices.
+	Rollback *RollbackState `json:"rollback,omitempty"`
 	// RetryOf is the deployment this one retries; Retries the
 	// deployments that retry this one.
 	RetryOf string   `json:"retryOf,omitempty"`
@@ -363,7 +409,28 @@ type DeviceRun struct {
 	// asked for guided failure (the deployment's option, or the
 	// controller's setting for the device's labels).
 	GuidedFailure *GuidedFailure `json:"guidedFailure,omitempty"`
-	Updated       time.Time      `json:"updated"`
+	// Rollback is set on a Succeeded run when its deployment rolled back
+	// on abort: the rollback sent, or why none was.
+	Rollback *RunRollback `json:"rollback,omitempty"`
+	Updated  time.Time    `json:"updated"`
+}
+
+// RunRollback is the rollback on abort of one Succeeded device. The run's
+// status says how far it got: RollingBack (sent), RolledBack or
+// RollbackFailed (with the run's Error); a run that stays Succeeded with
+// a Note was not sent one.
+type RunRollback struct {
+	// Command is the id of the rollback command (sent again with it until
+	// the device answers).
+	Command string     `json:"command,omitempty"`
+	Sent    *time.Time `json:"sent,omitempty"`
+	// Finished is when the device answered (or the rollback timed out).
+	Finished *time.Time `json:"finished,omitempty"`
+	// Refused: the agent answered rolled-back Failed: it ran nothing (the
+	// run's Error says why), and the run is RollbackFailed.
+	Refused bool `json:"refused,omitempty"`
+	// Note says why no rollback was sent (the agent cannot undo).
+	Note string `json:"note,omitempty"`
 }
 
 // RunPause is what a paused run waits with, from its paused event.

@@ -404,7 +404,7 @@ func (c *Client) Cancel(ctx context.Context, id string, body api.Cancel) (*api.D
 }
 
 // FinalStatus reports whether a deployment status is final: Succeeded,
-// Failed, Cancelled, Aborted (or RolledBack, reserved).
+// Failed, Cancelled, Aborted or RolledBack (RollingBack is not).
 func FinalStatus(status string) bool {
 	switch status {
 	case api.DeploymentSucceeded, api.DeploymentFailed, api.DeploymentCancelled, api.DeploymentAborted, api.DeploymentRolledBack:

@@ -133,6 +133,8 @@ type Deployment struct {
 	PausedUntil       *time.Time `json:"pausedUntil,omitempty"`
 	// Abort is set once the abort threshold tripped.
 	Abort *api.AbortState `json:"abort,omitempty"`
+	// Rollback is set once rollbackOnAbort sent its rollbacks.
+	Rollback *api.RollbackState `json:"rollback,omitempty"`
 	// Tally counts the runs the abort threshold judges.
 	Tally Tally `json:"tally,omitzero"`
 	// RetryOf and Retries link a retry to the deployment it retries.
@@ -180,7 +182,7 @@ type Event struct {
 // Command is a command that still has to reach a device: a dispatch whose
 // run is Pending, a cancel whose run has not finished, a guide until the
 // device reports it resumed, a mark-failed until it reports the step
-// failed (or paused). A device's flow-finished or rejected for the
+// failed (or paused), a rollback until it reports rolled-back. A device's flow-finished or rejected for the
 // deployment ends them all. The controller sends it again, with the same
 // ID, when it reconnects to the broker and when the device comes online;
 // agents deduplicate commands by ID.

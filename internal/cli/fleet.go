@@ -469,7 +469,7 @@ func deviceDone(status string) bool {
 var countOrder = []string{
 	string(transport.StatusFailed), string(transport.StatusRolledBack), string(transport.StatusRollbackFailed),
 	api.DeviceTimedOut, api.DeviceRejected, string(transport.StatusAborted), api.DeviceCancelled,
-	api.DeviceExcluded, api.DeviceSkipped,
+	api.DeviceExcluded, api.DeviceSkipped, api.DeviceRollingBack,
 	string(transport.StatusRunning), string(transport.StatusPaused),
 	api.DeviceQueued, api.DevicePending, api.DeviceWaiting,
 }

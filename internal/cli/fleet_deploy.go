@@ -49,6 +49,9 @@ type DeployFlags struct {
 	MinSample      int
 	AbortOn        []string
 	DeviceTimeout  string
+	// RollbackOnAbort rolls back the devices that succeeded once the
+	// abort threshold trips (--rollback-on-abort; needs AbortThreshold).
+	RollbackOnAbort bool
 	// GuidedFailure is TIMEOUT[:ONTIMEOUT] (--guided-failure).
 	GuidedFailure string
 }
@@ -72,14 +75,16 @@ A rollout starts the devices in waves instead of all at once
 (docs/rollouts.md): --waves 1,10%,100% (cumulative targets), --max-in-flight
 N, --pause 5m|manual between waves (manual: "edgeflow promote ID" starts
 the next), --abort-threshold 20 --min-sample 5 [--abort-on KIND,...] to stop
-when more than 20% of at least 5 finished devices failed, --device-timeout
-30m to fail a device that has not finished 30m after its dispatch.
+when more than 20% of at least 5 finished devices failed (with
+--rollback-on-abort, the devices that had succeeded are then rolled back),
+--device-timeout 30m to fail a device that has not finished 30m after its
+dispatch.
 --guided-failure 30m[:Abort] makes a failure that would end a device's flow
 pause it for guidance (edgeflow interventions, edgeflow guide).
 
 With --wait, the command follows the deployment like "edgeflow watch" and
 exits 0 when every device succeeded, 1 when any failed, rolled back or was
-rejected or the deployment was cancelled or aborted, 2 on bad input
+rejected or the deployment was cancelled, aborted or rolled back, 2 on bad input
 (nothing was deployed), 3 when --timeout elapsed first. A deployment that
 waits (for a promotion, or for guidance) has not ended: --wait keeps
 waiting through it.`,
@@ -109,6 +114,7 @@ waiting through it.`,
 	fl.StringVar(&f.AbortThreshold, "abort-threshold", "", "rollout: abort when more than this percent of the finished devices failed (20 or 20%)")
 	fl.IntVar(&f.MinSample, "min-sample", 0, "rollout: judge the abort threshold once at least this many devices finished")
 	fl.StringSliceVar(&f.AbortOn, "abort-on", nil, "rollout: the error kinds the abort threshold counts (comma-separated; default AllErrors)")
+	fl.BoolVar(&f.RollbackOnAbort, "rollback-on-abort", false, "rollout: once the abort threshold trips, roll back the devices that succeeded (needs --abort-threshold; agents that list the rollback command)")
 	fl.StringVar(&f.DeviceTimeout, "device-timeout", "", "rollout: a device not finished this long after its dispatch times out (a failure of kind Timeout)")
 	fl.StringVar(&f.GuidedFailure, "guided-failure", "", "TIMEOUT[:ONTIMEOUT]: pause a device for guidance where a failure would end its flow, for TIMEOUT, then apply ONTIMEOUT (default Abort)")
 	return c
@@ -204,6 +210,12 @@ func (o DeployFlags) rollout() (*api.Rollout, error) {
 	}
 	if o.MinSample < 0 {
 		return nil, fmt.Errorf("--min-sample %d: want 0 or more devices", o.MinSample)
+	}
+	if o.RollbackOnAbort {
+		if r.Abort == nil {
+			return nil, errors.New("--rollback-on-abort goes with --abort-threshold P: it rolls back the devices that succeeded once the threshold trips")
+		}
+		r.RollbackOnAbort = true
 	}
 	if !set {
 		return nil, nil

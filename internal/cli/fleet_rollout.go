@@ -401,6 +401,9 @@ func rolloutText(r *api.Rollout) string {
 		}
 		parts = append(parts, fmt.Sprintf("abort over %g%% of at least %d finished (%s)", a.Threshold, max(a.MinSample, 1), strings.Join(kinds, ",")))
 	}
+	if r.RollbackOnAbort {
+		parts = append(parts, "roll back on abort")
+	}
 	if r.DeviceTimeout != "" {
 		parts = append(parts, "device timeout "+r.DeviceTimeout)
 	}
@@ -419,11 +422,30 @@ func waveState(d *api.Deployment, now time.Time) string {
 	switch {
 	case d.Abort != nil:
 		s += ": aborted: " + d.Abort.Reason
+		if d.Rollback != nil {
+			s += "; " + rollbackText(d.Rollback)
+		}
 	case d.AwaitingPromotion:
 		s += fmt.Sprintf(" finished: the next waits for a promotion (edgeflow promote %s)", d.ID)
 	case d.PausedUntil != nil:
 		s += fmt.Sprintf(" finished: the next starts at %s (%s; edgeflow promote %s starts it now)",
 			d.PausedUntil.UTC().Format(time.RFC3339), until(now, d.PausedUntil), d.ID)
+	}
+	return s
+}
+
+// rollbackText says how a rollback on abort stands: "rolled back 1 of 2
+// succeeded devices, 1 rolling back, 1 failed, 1 cannot roll back".
+func rollbackText(r *api.RollbackState) string {
+	s := fmt.Sprintf("rolled back %d of %d succeeded device(s)", r.RolledBack, r.Devices+r.Unsupported)
+	if n := r.Pending(); n > 0 {
+		s += fmt.Sprintf(", %d rolling back", n)
+	}
+	if r.Failed > 0 {
+		s += fmt.Sprintf(", %d failed to", r.Failed)
+	}
+	if r.Unsupported > 0 {
+		s += fmt.Sprintf(", %d cannot (their agent lacks the rollback command)", r.Unsupported)
 	}
 	return s
 }
@@ -487,6 +509,25 @@ func (f *Fleet) showRollout(d *api.Deployment, now time.Time) error {
 			line += ", paused " + age(now, p.Since)
 			if p.Until != nil {
 				line += ", times out " + until(now, p.Until)
+			}
+			fmt.Fprintln(f.Out, line)
+		}
+	}
+	if d.Rollback != nil {
+		fmt.Fprintln(f.Out, "\nrollback on abort: "+rollbackText(d.Rollback)+":")
+		for _, r := range d.Devices {
+			rb := r.Rollback
+			if rb == nil {
+				continue
+			}
+			line := fmt.Sprintf("  %s: %s", r.Device, r.Status)
+			switch {
+			case rb.Note != "":
+				line += ": " + oneLine(rb.Note)
+			case rb.Refused && r.Error != nil:
+				line += ": refused: " + errText(r.Error, 0)
+			case r.Error != nil:
+				line += ": " + errText(r.Error, 0)
 			}
 			fmt.Fprintln(f.Out, line)
 		}

@@ -123,6 +123,12 @@ func TestDeployRolloutFlags(t *testing.T) {
 	if !reflect.DeepEqual(c.Rollout, want) || !reflect.DeepEqual(c.GuidedFailure, &api.GuidedFailure{Timeout: "30m", OnTimeout: "RollbackFlow"}) {
 		t.Fatalf("create: %+v %+v", c.Rollout, c.GuidedFailure)
 	}
+	// --rollback-on-abort goes with the threshold.
+	f.run(t, "deploy", flow, "--device", "edge-1", "--abort-threshold", "40", "--rollback-on-abort")
+	if r := f.creates[len(f.creates)-1].Rollout; r == nil || !r.RollbackOnAbort || r.Abort == nil || r.Abort.Threshold != 40 {
+		t.Fatalf("rollback on abort: %+v", r)
+	}
+	f.creates = f.creates[:1]
 	// Without rollout flags: no rollout (everything at once, as before).
 	f.run(t, "deploy", flow, "--device", "edge-1", "--guided-failure", "1h")
 	if c := f.creates[1]; c.Rollout != nil || c.GuidedFailure.Timeout != "1h" || c.GuidedFailure.OnTimeout != "" {
@@ -138,6 +144,7 @@ func TestDeployRolloutFlags(t *testing.T) {
 		{[]string{"--device-timeout", "-1m"}, `--device-timeout "-1m"`},
 		{[]string{"--guided-failure", "abc"}, `--guided-failure "abc": want TIMEOUT[:ONTIMEOUT]`},
 		{[]string{"--max-in-flight", "-2"}, "--max-in-flight -2"},
+		{[]string{"--rollback-on-abort"}, "--rollback-on-abort goes with --abort-threshold"},
 	} {
 		n := len(f.uploads)
 		code, _, errs := f.run(t, append([]string{"deploy", flow, "--device", "edge-1"}, c.args...)...)
@@ -384,6 +391,21 @@ func TestDeploymentShowRollout(t *testing.T) {
 	d.AwaitingPromotion, d.Abort = false, &api.AbortState{Reason: "3 of 5 finished devices failed"}
 	if s := show(); !strings.Contains(s, "wave 1 of 3: aborted: 3 of 5 finished devices failed") {
 		t.Errorf("aborted:\n%s", s)
+	}
+	// Rolled back on abort: one device rolled back, one could not.
+	d.Rollout.RollbackOnAbort = true
+	d.Status, d.Rollback = api.DeploymentRollingBack, &api.RollbackState{Devices: 2, RolledBack: 1, Unsupported: 1}
+	d.Devices[0].Status, d.Devices[0].Rollback = "RolledBack", &api.RunRollback{Command: "c-1"}
+	d.Devices[2].Status, d.Devices[2].Rollback = "Succeeded", &api.RunRollback{Note: "not rolled back: its agent 0.6.0 cannot undo"}
+	s = show()
+	for _, want := range []string{
+		"roll back on abort",
+		"aborted: 3 of 5 finished devices failed; rolled back 1 of 3 succeeded device(s), 1 rolling back, 1 cannot (their agent lacks the rollback command)",
+		"\nrollback on abort: rolled back 1 of 3 succeeded device(s), 1 rolling back, 1 cannot (their agent lacks the rollback command):\n  edge-1: RolledBack\n  edge-3: Succeeded: not rolled back: its agent 0.6.0 cannot undo\n",
+	} {
+		if !strings.Contains(s, want) {
+			t.Errorf("rollback: lacks %q:\n%s", want, s)
+		}
 	}
 }
 

@@ -280,6 +280,7 @@ func (p *progress) rollout(d *api.Deployment) {
 	}
 	was := p.dep
 	p.dep.Waves, p.dep.Wave, p.dep.AwaitingPromotion, p.dep.PausedUntil, p.dep.Abort = d.Waves, d.Wave, d.AwaitingPromotion, d.PausedUntil, d.Abort
+	p.dep.Rollback = d.Rollback
 	for _, w := range d.Waves {
 		if w.Status != api.WaveFinished || (w.Number <= len(was.Waves) && was.Waves[w.Number-1].Status == api.WaveFinished) {
 			continue
@@ -297,6 +298,13 @@ func (p *progress) rollout(d *api.Deployment) {
 		p.println(fmt.Sprintf("deployment %s paused: wave %d waits for a promotion (edgeflow promote %s); still watching", p.dep.ID, d.Wave+1, p.dep.ID))
 	case d.PausedUntil != nil && (was.PausedUntil == nil || !was.PausedUntil.Equal(*d.PausedUntil)):
 		p.println(fmt.Sprintf("deployment %s paused: wave %d starts at %s", p.dep.ID, d.Wave+1, d.PausedUntil.UTC().Format(time.RFC3339)))
+	}
+	if r := d.Rollback; r != nil && was.Rollback == nil {
+		line := fmt.Sprintf("deployment %s rolling back: %d succeeded device(s) sent a rollback", p.dep.ID, r.Devices)
+		if r.Unsupported > 0 {
+			line += fmt.Sprintf(", %d cannot roll back (their agent lacks the rollback command)", r.Unsupported)
+		}
+		p.println(line)
 	}
 }
 
@@ -327,6 +335,10 @@ func (p *progress) device(r api.DeviceRun) {
 			p.said[key] = true
 			p.println(rollbackFailureLine(r.Device, a))
 		}
+	}
+	if rb := r.Rollback; rb != nil && rb.Note != "" && !p.said[r.Device+"\x00rollback"] {
+		p.said[r.Device+"\x00rollback"] = true
+		p.println(r.Device + ": " + oneLine(rb.Note))
 	}
 	if r.Error != nil && !stepFailed && deviceDone(r.Status) && !p.said[r.Device] {
 		p.said[r.Device] = true
