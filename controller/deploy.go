@@ -188,12 +188,8 @@ func (c *Controller) Create(ctx context.Context, req api.CreateDeployment) (api.
 	c.mu.Lock()
 	w := c.newWork(ctx)
 	d, err := w.create(s, c.now().UTC())
-	var feed []store.FeedEvent
 	if err == nil {
-		feed, err = w.commit()
-	}
-	if err == nil {
-		c.feed.publish(feed)
+		err = c.commit(w)
 	}
 	c.mu.Unlock()
 	if err != nil {
@@ -267,12 +263,8 @@ func (c *Controller) Cancel(ctx context.Context, id string, req api.Cancel) (api
 	c.mu.Lock()
 	w := c.newWork(ctx)
 	err := c.cancel(w, id, req)
-	var feed []store.FeedEvent
 	if err == nil {
-		feed, err = w.commit()
-	}
-	if err == nil {
-		c.feed.publish(feed)
+		err = c.commit(w)
 	}
 	c.mu.Unlock()
 	if err != nil {

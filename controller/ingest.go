@@ -98,12 +98,8 @@ func (c *Controller) Ingest(ctx context.Context, msgs []mqtt.Message) error {
 			break
 		}
 	}
-	var feed []store.FeedEvent
 	if err == nil {
-		feed, err = w.commit()
-	}
-	if err == nil {
-		c.feed.publish(feed)
+		err = c.commit(w)
 	}
 	c.mu.Unlock()
 	if err != nil {

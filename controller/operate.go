@@ -29,12 +29,8 @@ func (c *Controller) mutate(ctx context.Context, op string, fn func(w *work, now
 	c.mu.Lock()
 	w := c.newWork(ctx)
 	err := fn(w, c.now().UTC())
-	var feed []store.FeedEvent
 	if err == nil {
-		feed, err = w.commit()
-	}
-	if err == nil {
-		c.feed.publish(feed)
+		err = c.commit(w)
 	}
 	c.mu.Unlock()
 	if err != nil {

@@ -777,12 +777,8 @@ func (c *Controller) tick(ctx context.Context, id string) {
 		}
 		return w.deploymentEvent(d, false)
 	}()
-	var feed []store.FeedEvent
 	if err == nil {
-		feed, err = w.commit()
-	}
-	if err == nil {
-		c.feed.publish(feed)
+		err = c.commit(w)
 	}
 	c.mu.Unlock()
 	if err != nil {

@@ -201,6 +201,17 @@ func (w *work) audit(d *store.Deployment, e api.AuditEntry) {
 	w.dirtyDeployments[d.ID] = true
 }
 
+// commit commits w and then hands its feed events to the watchers. The
+// caller holds c.mu, so feeds go out in the order of their commits.
+func (c *Controller) commit(w *work) error {
+	feed, err := w.commit()
+	if err != nil {
+		return err
+	}
+	c.feed.publish(feed)
+	return nil
+}
+
 func (w *work) appendFeed(d *store.Deployment, e api.Event) {
 	d.FeedSeq++
 	e.Seq, e.Time = d.FeedSeq, w.c.now().UTC()
