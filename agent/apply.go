@@ -103,6 +103,10 @@ type ApplyOptions struct {
 	// GuidedFailure, if set, pauses a failure that would abort the flow for
 	// guidance instead (see ParseGuidedFailure).
 	GuidedFailure *engine.GuidedFailure
+	// FlowStrategies are the flow-level failure strategies of a flow that
+	// takes them at deploy time (`failureStrategies: input`; see
+	// flow.ParseStrategies for reading them from a file).
+	FlowStrategies []onfailure.Strategy
 	// Observe receives progress events; may be nil.
 	Observe func(engine.Event)
 }
@@ -123,6 +127,21 @@ func ParseGuidedFailure(s string) (*engine.GuidedFailure, error) {
 	return g, nil
 }
 
+// LoadStrategies reads the --strategies flag's file: a YAML (or JSON)
+// list of failure strategies for a flow that takes its flow-level
+// strategies at deploy time (flow.ParseStrategies).
+func LoadStrategies(path string) ([]onfailure.Strategy, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, &UsageError{Err: fmt.Errorf("--strategies: %w", err)}
+	}
+	list, err := flow.ParseStrategies(path, data)
+	if err != nil {
+		return nil, &UsageError{Err: err}
+	}
+	return list, nil
+}
+
 // Apply runs the flow at opts.Flow on this device and returns its result.
 // A flow that is invalid or cannot run here returns a *UsageError and
 // changes nothing.
@@ -139,7 +158,7 @@ func Apply(ctx context.Context, opts ApplyOptions) (*engine.Result, error) {
 		return nil, &UsageError{Err: err}
 	}
 	s, err := openSession(opts.Config, nil, opts.Vars, opts.Observe, func(s *session) error {
-		s.guided = opts.GuidedFailure
+		s.guided, s.strategies = opts.GuidedFailure, opts.FlowStrategies
 		return nil
 	})
 	if err != nil {
@@ -184,6 +203,7 @@ func resume(ctx context.Context, cfg Config, j *journal.Journal, rec *engine.Rec
 	saved.apply(&cfg)
 	s, err := openSession(cfg, j, nil, observe, func(s *session) error {
 		s.release, s.dispatch, s.guided = saved.Release, saved.Dispatch, saved.GuidedFailure
+		s.strategies = saved.FlowStrategies
 		return nil
 	})
 	if err != nil {
@@ -231,6 +251,9 @@ type settings struct {
 	// GuidedFailure is the execution's guided failure (apply's flag, or
 	// the dispatch's), if any.
 	GuidedFailure *engine.GuidedFailure `json:"guidedFailure,omitempty"`
+	// FlowStrategies are the flow-level failure strategies given at deploy
+	// time (apply's --strategies, or the dispatch's), if any.
+	FlowStrategies []onfailure.Strategy `json:"failureStrategies,omitempty"`
 }
 
 // dispatchRef names the dispatch an execution runs.
@@ -298,6 +321,9 @@ type session struct {
 	dispatch *dispatchRef
 	// guided is the execution's guided failure, if any.
 	guided *engine.GuidedFailure
+	// strategies are the execution's flow-level failure strategies given
+	// at deploy time, if any.
+	strategies []onfailure.Strategy
 	// final, if set, writes inside the transaction of the execution's
 	// final record (rec) what must commit with it (the daemon's
 	// rolled-back event).
@@ -337,6 +363,7 @@ func openSession(cfg Config, j *journal.Journal, vars map[string]string, observe
 	}
 	st := settingsOf(cfg)
 	st.Release, st.Dispatch, st.GuidedFailure = s.release, s.dispatch, s.guided
+	st.FlowStrategies = s.strategies
 	agentData, err := json.Marshal(st)
 	if err != nil {
 		return fail(err)
@@ -359,6 +386,8 @@ func openSession(cfg Config, j *journal.Journal, vars map[string]string, observe
 		Observe:   observe,
 		// A resumed execution gets back the guided failure it journaled.
 		GuidedFailure: s.guided,
+		// ... and the failure strategies given at deploy time.
+		FlowStrategies: s.strategies,
 	})
 	if !cfg.NoControl {
 		if s.ctl, err = ServeControl(cfg.StateDir, s.eng, log); err != nil {

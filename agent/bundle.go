@@ -49,7 +49,7 @@ type installedRelease struct {
 func applyBundle(ctx context.Context, opts ApplyOptions) (*engine.Result, error) {
 	var x *extracted
 	s, err := openSession(opts.Config, nil, opts.Vars, opts.Observe, func(s *session) (err error) {
-		s.guided = opts.GuidedFailure
+		s.guided, s.strategies = opts.GuidedFailure, opts.FlowStrategies
 		x, err = extractBundle(s, opts.Flow, bundlePolicy{TrustedKeys: opts.TrustedKeys, AllowReinstall: opts.AllowReinstall})
 		return err
 	})

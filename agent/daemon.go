@@ -128,6 +128,9 @@ type queued struct {
 	Cancel *cancelRequest `json:"cancel,omitempty"`
 	// GuidedFailure is the dispatch's guided failure, if it asks for it.
 	GuidedFailure *transport.GuidedFailure `json:"guidedFailure,omitempty"`
+	// FailureStrategies are the dispatch's flow-level failure strategies,
+	// for a flow that takes them at deploy time.
+	FailureStrategies []transport.Strategy `json:"failureStrategies,omitempty"`
 	// Rollback is set on a rollback command's entry (Dispatch is then the
 	// command's id): it undoes the deployment's execution.
 	Rollback *rollbackRequest `json:"rollback,omitempty"`
@@ -406,7 +409,7 @@ func (d *Daemon) dispatch(id string, b *transport.Dispatch) error {
 			return err
 		}
 		e := &queued{Dispatch: id, Deployment: b.Deployment, URL: b.URL, SHA256: b.SHA256, Size: b.Size, Vars: b.Vars,
-			GuidedFailure: b.GuidedFailure, Received: time.Now().UTC()}
+			GuidedFailure: b.GuidedFailure, FailureStrategies: b.FailureStrategies, Received: time.Now().UTC()}
 		data, err := json.Marshal(e)
 		if err != nil {
 			return err
@@ -924,6 +927,9 @@ func (d *Daemon) run(ctx context.Context, q *queued) {
 	s, err := openSession(d.opts.Config, d.j, q.Vars, d.observer(q), func(s *session) (err error) {
 		s.dispatch = &dispatchRef{ID: q.Dispatch, Deployment: q.Deployment}
 		s.guided = guidedFailure(q.GuidedFailure)
+		if s.strategies, err = transport.Policies(q.FailureStrategies); err != nil {
+			return err
+		}
 		x, err = extractBundle(s, path, policy)
 		return err
 	})

@@ -159,6 +159,14 @@ type Options struct {
 	// failure"). The agent journals it with the execution's settings
 	// (AgentData) and sets it again when it resumes the execution.
 	GuidedFailure *GuidedFailure
+	// FlowStrategies are the flow-level failure strategies given at deploy
+	// time, for a flow that says `failureStrategies: input`
+	// (docs/flows.md, "Failure strategies as runtime input"). Preflight
+	// refuses a flow that asks for them and gets none, strategies for a
+	// flow that did not ask, and strategies that break the rules of a
+	// written flow-level list (flow.CheckGiven). The agent journals them
+	// with the execution's settings and sets them again when it resumes.
+	FlowStrategies []onfailure.Strategy
 }
 
 // GuidedFailure is guided failure: a step (or group) whose failure would
@@ -231,6 +239,7 @@ func (e *Engine) Preflight(f *flow.Flow) error {
 			add("%v", err)
 		}
 	}
+	probs = append(probs, flow.CheckGiven(f, e.opts.FlowStrategies)...)
 	for _, s := range allSteps(f) {
 		t := s.step.Type()
 		r, ok := e.opts.Runners[t]
@@ -276,6 +285,7 @@ func (e *Engine) Run(ctx context.Context, f *flow.Flow) (*Result, error) {
 	if err := e.Preflight(f); err != nil {
 		return nil, err
 	}
+	f = f.WithStrategies(e.opts.FlowStrategies)
 	r := newRun(e, f)
 	if err := e.begin(r); err != nil {
 		return nil, err
@@ -310,6 +320,10 @@ func (e *Engine) Resume(ctx context.Context, f *flow.Flow, rec *Record) (*Result
 			return nil, &PreflightError{Problems: []string{err.Error()}}
 		}
 	}
+	if probs := flow.CheckGiven(f, e.opts.FlowStrategies); len(probs) > 0 {
+		return nil, &PreflightError{Problems: probs}
+	}
+	f = f.WithStrategies(e.opts.FlowStrategies)
 	r, err := resumeRun(e, f, rec)
 	if err != nil {
 		return nil, err
@@ -343,6 +357,7 @@ func (e *Engine) Undo(ctx context.Context, f *flow.Flow, rec *Record, by, note s
 	if err := e.CheckUndo(f, rec); err != nil {
 		return nil, err
 	}
+	f = f.WithStrategies(e.opts.FlowStrategies)
 	r, err := resumeRun(e, f, rec)
 	if err != nil {
 		return nil, err

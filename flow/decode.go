@@ -115,6 +115,9 @@ type decoder struct {
 	// keys holds, per decoded struct (by pointer), the place of each key's
 	// value, so validation can point at the exact value.
 	keys map[any]map[string]Pos
+	// inputs holds the strategy lists (by pointer) written as `input`,
+	// with the place of the word; validation says where that is allowed.
+	inputs map[*[]Strategy]Pos
 }
 
 func (d *decoder) problem(p Pos, format string, args ...any) {
@@ -160,6 +163,9 @@ type nodeDecoder interface {
 var (
 	durationType = reflect.TypeOf(time.Duration(0))
 	posType      = reflect.TypeOf(Pos{})
+	// strategyListType is a failureStrategies list, which may also be
+	// written as `input` (see Flow.StrategiesInput).
+	strategyListType = reflect.TypeOf([]Strategy(nil))
 )
 
 func kindName(n *yaml.Node) string {
@@ -205,6 +211,17 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value) {
 		d.structure(n, v)
 	case reflect.Slice:
 		if n.Kind == yaml.ScalarNode && n.Tag == "!!null" {
+			return
+		}
+		if v.Type() == strategyListType && n.Kind == yaml.ScalarNode && n.Tag == "!!str" && n.Value == StrategiesInput && v.CanAddr() {
+			if d.inputs == nil {
+				d.inputs = map[*[]Strategy]Pos{}
+			}
+			d.inputs[v.Addr().Interface().(*[]Strategy)] = posOf(n)
+			return
+		}
+		if v.Type() == strategyListType && n.Kind != yaml.SequenceNode {
+			d.problem(posOf(n), "expected a list of failure strategies (or %s, on the flow only), got %s", StrategiesInput, kindName(n))
 			return
 		}
 		if n.Kind != yaml.SequenceNode {

@@ -167,6 +167,9 @@ func TestValidationRules(t *testing.T) {
 		{"syntax", head + "steps: [\n", "syntax error"},
 		{"two documents", head + "steps: [{name: a, script: {run: x}}]\n---\nname: y\n", "holds one document"},
 		{"wrong shape", head + "steps: {name: a}\n", "expected a list"},
+		{"strategies input on a step", head + "steps: [{name: a, script: {run: x}, failureStrategies: input}]\n", `f.yaml:3:56: step "a": failureStrategies: input is only allowed at the flow level`},
+		{"strategies input on a group", head + "steps:\n  - group: {name: g, failureStrategies: input, steps: [{name: a, script: {run: x}}]}\n", `f.yaml:4:41: group "g": failureStrategies: input is only allowed at the flow level`},
+		{"strategies other word", head + "failureStrategies: inputs\nsteps: [{name: a, script: {run: x}}]\n", `f.yaml:3:20: expected a list of failure strategies (or input, on the flow only), got "inputs"`},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -186,6 +189,78 @@ func TestValidationRules(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestStrategiesInput(t *testing.T) {
+	f := mustParse(t, "version: 1\nname: x\nrollbackOnFailure: false\nfailureStrategies: input\nsteps: [{name: a, script: {run: x}}]\n")
+	if !f.StrategiesInput || f.StrategiesInputPos != (Pos{4, 20}) || f.FailureStrategies != nil {
+		t.Fatalf("input: %v at %v, list %v", f.StrategiesInput, f.StrategiesInputPos, f.FailureStrategies)
+	}
+	if p := CheckGiven(f, nil); len(p) != 1 || !strings.Contains(p[0], `flow "x" takes its flow-level failure strategies at deploy time (failureStrategies: input at flow.yaml:4:20), but none were given`) {
+		t.Errorf("none given: %q", p)
+	}
+	retry := onfailure.Strategy{Errors: []onfailure.Kind{onfailure.AllErrors}, Action: onfailure.Retry, Retry: &onfailure.RetryPolicy{Count: 1}}
+	if p := CheckGiven(f, []onfailure.Strategy{retry}); p != nil {
+		t.Errorf("a valid list: %q", p)
+	}
+	bad := []onfailure.Strategy{
+		retry,
+		{Errors: []onfailure.Kind{onfailure.AllErrors}, Action: onfailure.RollbackFlow},
+		{Errors: []onfailure.Kind{onfailure.AllErrors}, Action: onfailure.Retry},
+		{Errors: []onfailure.Kind{onfailure.AllErrors}, Action: onfailure.RollbackGroup},
+	}
+	p := CheckGiven(f, bad)
+	want := []string{
+		"given failure strategy 2: RollbackFlow needs rollbackOnFailure: true on the flow",
+		"given failure strategy 3: Retry needs retry: with count of at least 1",
+		"given failure strategy 4: RollbackGroup is only valid inside a group",
+	}
+	if strings.Join(p, "\n") != strings.Join(want, "\n") {
+		t.Errorf("problems:\n%s\nwant:\n%s", strings.Join(p, "\n"), strings.Join(want, "\n"))
+	}
+	g := f.WithStrategies([]onfailure.Strategy{retry})
+	if g == f || len(g.FailureStrategies) != 1 || g.FailureStrategies[0].Action != onfailure.Retry || f.FailureStrategies != nil {
+		t.Errorf("WithStrategies: %+v (original %+v)", g.FailureStrategies, f.FailureStrategies)
+	}
+
+	written := mustParse(t, "version: 1\nname: x\nsteps: [{name: a, script: {run: x}}]\n")
+	if p := CheckGiven(written, []onfailure.Strategy{retry}); len(p) != 1 || !strings.Contains(p[0], "does not take them at deploy time") {
+		t.Errorf("unasked: %q", p)
+	}
+	if p := CheckGiven(written, nil); p != nil {
+		t.Errorf("nothing given, nothing asked: %q", p)
+	}
+	if written.WithStrategies([]onfailure.Strategy{retry}) != written {
+		t.Error("WithStrategies replaced a written list")
+	}
+}
+
+func TestParseStrategies(t *testing.T) {
+	list, err := ParseStrategies("s.yaml", []byte("- errors: [Timeout, Connectivity]\n  action: Retry\n  retry: {count: 2, intervals: [5s, 30s], onExhausted: RollbackFlow}\n- {errors: [AllErrors], action: ManualIntervention, manual: {timeout: 1h, onTimeout: Abort}}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list) != 2 || list[0].Retry.Intervals[1] != 30*time.Second || list[0].Retry.OnExhausted != onfailure.RollbackFlow || list[1].Manual.Timeout != time.Hour {
+		t.Errorf("decoded: %+v", list)
+	}
+	js, err := ParseStrategies("s.json", []byte(`[{"errors":["AllErrors"],"action":"Retry","retry":{"count":1,"intervals":["1s"]}}]`))
+	if err != nil || len(js) != 1 || js[0].Retry.Intervals[0] != time.Second {
+		t.Errorf("JSON: %+v %v", js, err)
+	}
+	for _, c := range []struct{ doc, want string }{
+		{"[]", "s.yaml:1:1: the list of failure strategies is empty"},
+		{"input", `s.yaml:1:1: expected a list of failure strategies, got "input"`},
+		{"- {errors: [AllErrors], action: Retry}", "s.yaml:1:33: failure strategies: Retry needs retry: with count of at least 1"},
+		{"- {errors: [AllErrors], action: RetryGroup, retry: {count: 1}}", "RetryGroup is only valid inside a group"},
+		{"- {errors: [AllErrors], action: Abort, colour: red}", `s.yaml:1:40: unknown key "colour"`},
+		{"- {errors: [Oops], action: Abort}", `"Oops" is not an error type`},
+		{"- [", "syntax error"},
+	} {
+		_, err := ParseStrategies("s.yaml", []byte(c.doc))
+		if err == nil || !strings.Contains(err.Error(), c.want) || !IsInvalid(err) {
+			t.Errorf("%q: want %q, got %v", c.doc, c.want, err)
+		}
 	}
 }
 

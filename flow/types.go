@@ -21,9 +21,16 @@ type Flow struct {
 	Timeout           time.Duration     `yaml:"timeout"`
 	Vars              map[string]string `yaml:"vars"`
 	FailureStrategies []Strategy        `yaml:"failureStrategies"`
-	RollbackOnFailure bool              `yaml:"rollbackOnFailure"`
-	Rollback          []*Step           `yaml:"rollback"`
-	Steps             []Entry           `yaml:"steps"`
+	// StrategiesInput is set when the document says `failureStrategies:
+	// input`: the flow-level strategies are given at deploy time
+	// (docs/flows.md, "Failure strategies as runtime input"), and
+	// FailureStrategies is empty until they are (see CheckGiven).
+	StrategiesInput bool `yaml:"-"`
+	// StrategiesInputPos is where the document says `input`.
+	StrategiesInputPos Pos     `yaml:"-"`
+	RollbackOnFailure  bool    `yaml:"rollbackOnFailure"`
+	Rollback           []*Step `yaml:"rollback"`
+	Steps              []Entry `yaml:"steps"`
 
 	// File is the name the document was read from, used in messages.
 	File string `yaml:"-"`
@@ -33,6 +40,10 @@ type Flow struct {
 	// Source is the document as read, journaled as the flow as run.
 	Source []byte `yaml:"-"`
 }
+
+// StrategiesInput is the value of a flow-level `failureStrategies` that
+// leaves the flow's strategies to be given at deploy time.
+const StrategiesInput = "input"
 
 // Strategy is a failure strategy with its place in the document.
 type Strategy struct {

@@ -91,6 +91,9 @@ func validate(f *Flow, d *decoder) {
 	if len(f.Steps) == 0 {
 		d.problem(d.at(f, "steps", f.Pos), "steps is required and must not be empty")
 	}
+	if p, ok := d.inputs[&f.FailureStrategies]; ok {
+		f.StrategiesInput, f.StrategiesInputPos = true, p
+	}
 	v.strategies("flow", f.FailureStrategies, false)
 	v.entries(f.Steps, nil, nil, false)
 	v.rollbackList(f.Rollback, "flow", nil)
@@ -138,6 +141,7 @@ func (v *validator) group(g *Group, path []slot) {
 	if len(g.Steps) == 0 {
 		v.d.problem(g.Pos, "%s: steps is required and must not be empty", ctx)
 	}
+	v.notInput(ctx, &g.FailureStrategies)
 	v.strategies(ctx, g.FailureStrategies, true)
 	v.entries(g.Steps, g, path, g.Parallel)
 	v.rollbackList(g.Rollback, g.Name, g)
@@ -220,6 +224,7 @@ func (v *validator) check(p *placed) {
 	case s.Container != nil:
 		v.container(ctx, s.Container)
 	}
+	v.notInput(ctx, &s.FailureStrategies)
 	v.strategies(ctx, s.FailureStrategies, p.group != nil)
 	for i := range s.OnFailure {
 		v.action(ctx, s, &s.OnFailure[i])
@@ -415,6 +420,14 @@ func (v *validator) action(ctx string, s *Step, a *RollbackAction) {
 	}
 }
 
+// notInput refuses `failureStrategies: input` on a step or group: only the
+// flow's own list can be given at deploy time (docs/flows.md).
+func (v *validator) notInput(ctx string, list *[]Strategy) {
+	if p, ok := v.d.inputs[list]; ok {
+		v.d.problem(p, "%s: failureStrategies: %s is only allowed at the flow level; a step's or group's strategies are written in the flow", ctx, StrategiesInput)
+	}
+}
+
 func (v *validator) strategies(ctx string, list []Strategy, inGroup bool) {
 	for i := range list {
 		s := &list[i]
@@ -482,7 +495,7 @@ func (v *validator) strategyAction(ctx, key string, a onfailure.Action, p Pos, i
 		v.d.problem(p, "%s: %s %q is not an action (%s)", ctx, key, a, strings.Join(names, ", "))
 	case a.GroupOnly() && !inGroup:
 		v.d.problem(p, "%s: %s is only valid inside a group", ctx, a)
-	case a == onfailure.RollbackFlow && !v.f.RollbackOnFailure:
+	case a == onfailure.RollbackFlow && v.f != nil && !v.f.RollbackOnFailure:
 		v.d.problem(p, "%s: RollbackFlow needs rollbackOnFailure: true on the flow", ctx)
 	}
 }

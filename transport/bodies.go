@@ -104,6 +104,151 @@ type Dispatch struct {
 	// docs/failure-handling.md). An agent that predates the field ignores
 	// it and handles failures as usual.
 	GuidedFailure *GuidedFailure `json:"guidedFailure,omitempty"`
+	// FailureStrategies, if set, are the flow-level failure strategies of
+	// a flow that says `failureStrategies: input` (docs/flows.md,
+	// "Failure strategies as runtime input"). The agent refuses them
+	// (rejected) for a flow that does not ask, and refuses a flow that
+	// asks without them. An agent that predates the field ignores it, but
+	// it cannot decode such a flow either, so it rejects it.
+	FailureStrategies []Strategy `json:"failureStrategies,omitempty"`
+}
+
+// MaxStrategies bounds Dispatch.FailureStrategies.
+const MaxStrategies = 64
+
+// Strategy is a failure strategy as the flow document writes it (flow spec
+// 5), durations as Go duration strings such as "30s".
+type Strategy struct {
+	Errors []onfailure.Kind `json:"errors"`
+	Action onfailure.Action `json:"action"`
+	Retry  *StrategyRetry   `json:"retry,omitempty"`
+	Manual *StrategyManual  `json:"manual,omitempty"`
+}
+
+// StrategyRetry is a strategy's retry.
+type StrategyRetry struct {
+	Count       int              `json:"count"`
+	Intervals   []string         `json:"intervals,omitempty"`
+	OnExhausted onfailure.Action `json:"onExhausted,omitempty"`
+}
+
+// StrategyManual is a strategy's manual.
+type StrategyManual struct {
+	Timeout   string           `json:"timeout"`
+	OnTimeout onfailure.Action `json:"onTimeout"`
+}
+
+// StrategiesOf is the wire form of list.
+func StrategiesOf(list []onfailure.Strategy) []Strategy {
+	if len(list) == 0 {
+		return nil
+	}
+	out := make([]Strategy, len(list))
+	for i, s := range list {
+		out[i] = Strategy{Errors: s.Errors, Action: s.Action}
+		if r := s.Retry; r != nil {
+			out[i].Retry = &StrategyRetry{Count: r.Count, OnExhausted: r.OnExhausted}
+			for _, d := range r.Intervals {
+				out[i].Retry.Intervals = append(out[i].Retry.Intervals, d.String())
+			}
+		}
+		if m := s.Manual; m != nil {
+			out[i].Manual = &StrategyManual{Timeout: m.Timeout.String(), OnTimeout: m.OnTimeout}
+		}
+	}
+	return out
+}
+
+// Policies is the onfailure form of list. It fails only on a duration
+// that does not parse, which a decoded message's check has refused.
+func Policies(list []Strategy) ([]onfailure.Strategy, error) {
+	if len(list) == 0 {
+		return nil, nil
+	}
+	out := make([]onfailure.Strategy, len(list))
+	for i, s := range list {
+		out[i] = onfailure.Strategy{Errors: s.Errors, Action: s.Action}
+		if r := s.Retry; r != nil {
+			out[i].Retry = &onfailure.RetryPolicy{Count: r.Count, OnExhausted: r.OnExhausted}
+			for j, x := range r.Intervals {
+				d, err := duration(x)
+				if err != nil {
+					return nil, fmt.Errorf("failureStrategies[%d].retry.intervals[%d]: %w", i, j, err)
+				}
+				out[i].Retry.Intervals = append(out[i].Retry.Intervals, d)
+			}
+		}
+		if m := s.Manual; m != nil {
+			d, err := duration(m.Timeout)
+			if err != nil {
+				return nil, fmt.Errorf("failureStrategies[%d].manual.timeout: %w", i, err)
+			}
+			out[i].Manual = &onfailure.ManualPolicy{Timeout: d, OnTimeout: m.OnTimeout}
+		}
+	}
+	return out, nil
+}
+
+func duration(s string) (time.Duration, error) {
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, fmt.Errorf("%q: want a duration such as 30s or 5m", s)
+	}
+	if d < 0 {
+		return 0, fmt.Errorf("%q is negative", s)
+	}
+	return d, nil
+}
+
+// checkStrategies checks the shape of a strategies list: its length,
+// error types, actions and durations. The rules of flow spec 5 (which
+// action needs which keys, RollbackFlow needing rollbackOnFailure) depend
+// on the flow and are the agent's (flow.CheckGiven).
+func checkStrategies(field string, list []Strategy) error {
+	if list == nil {
+		return nil
+	}
+	if len(list) == 0 || len(list) > MaxStrategies {
+		return fmt.Errorf("%s: %d strategies: want 1 to %d", field, len(list), MaxStrategies)
+	}
+	action := func(f string, a onfailure.Action, optional bool) error {
+		if (a == "" && optional) || a.Valid() {
+			return nil
+		}
+		return fmt.Errorf("%s %q: want one of %v", f, a, onfailure.Actions)
+	}
+	for i, s := range list {
+		f := fmt.Sprintf("%s[%d]", field, i)
+		if len(s.Errors) == 0 || len(s.Errors) > len(onfailure.Kinds)+1 {
+			return fmt.Errorf("%s.errors: want 1 to %d error types", f, len(onfailure.Kinds)+1)
+		}
+		for _, k := range s.Errors {
+			if !k.Valid() && k != onfailure.AllErrors {
+				return fmt.Errorf("%s.errors: %q is not an error type", f, k)
+			}
+		}
+		if err := action(f+".action", s.Action, false); err != nil {
+			return err
+		}
+		if r := s.Retry; r != nil {
+			if r.Count < 0 || r.Count > 1000 {
+				return fmt.Errorf("%s.retry.count %d: want 0 to 1000", f, r.Count)
+			}
+			if len(r.Intervals) > 100 {
+				return fmt.Errorf("%s.retry.intervals: more than 100", f)
+			}
+			if err := action(f+".retry.onExhausted", r.OnExhausted, true); err != nil {
+				return err
+			}
+		}
+		if m := s.Manual; m != nil {
+			if err := action(f+".manual.onTimeout", m.OnTimeout, true); err != nil {
+				return err
+			}
+		}
+	}
+	_, err := Policies(list)
+	return err
 }
 
 // MaxGuidedTimeoutSeconds bounds GuidedFailure.TimeoutSeconds: 366 days.
@@ -454,7 +599,10 @@ func (b *Dispatch) check() error {
 	if err := strMap("vars", b.Vars); err != nil {
 		return err
 	}
-	return b.GuidedFailure.check("guidedFailure")
+	if err := b.GuidedFailure.check("guidedFailure"); err != nil {
+		return err
+	}
+	return checkStrategies("failureStrategies", b.FailureStrategies)
 }
 
 func (b *Cancel) check() error {

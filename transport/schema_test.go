@@ -232,6 +232,7 @@ func TestSchemaEnumsMatchCode(t *testing.T) {
 		{"actions", enum(defs["action"]), strs(onfailure.Actions, []onfailure.Action{onfailure.Exclude})},
 		{"guidance actions", enum(defs["guidanceAction"]), strs(onfailure.GuidanceActions)},
 		{"guided failure onTimeout", enum(guided["onTimeout"]), strs(onfailure.TimeoutActions)},
+		{"strategy actions", enum(defs["strategyAction"]), strs(onfailure.Actions)},
 	} {
 		if !reflect.DeepEqual(c.got, c.want) {
 			t.Errorf("%s: schema %v, code %v", c.name, c.got, c.want)

@@ -47,6 +47,7 @@ func applyCmd(stdout, stderr io.Writer) *cobra.Command {
 		labels, vars  []string
 		keys          []string
 		guided        string
+		strategies    string
 	)
 	cmd := &cobra.Command{
 		Use:   "apply FLOW|BUNDLE",
@@ -64,6 +65,11 @@ With --guided-failure TIMEOUT[:ONTIMEOUT] (such as 30m or 30m:RollbackFlow),
 a failure that would abort the flow pauses for guidance instead (answer it
 with "edgeflow-agent guide"); with no guidance within TIMEOUT, ONTIMEOUT
 applies (default Abort). See docs/failure-handling.md, "Guided failure".
+
+With --strategies FILE (a YAML list of failure strategies), a flow that says
+"failureStrategies: input" gets its flow-level strategies from FILE; a flow
+that does not say it refuses them. See docs/flows.md, "Failure strategies
+as runtime input".
 
 Exit status: 0 when the flow succeeded, 1 for any other end (Failed,
 RolledBack, RollbackFailed, a refused bundle), 2 for an invalid flow or bad
@@ -96,6 +102,11 @@ usage (nothing ran).`,
 					return err
 				}
 			}
+			if strategies != "" {
+				if opts.FlowStrategies, err = agent.LoadStrategies(strategies); err != nil {
+					return err
+				}
+			}
 			if output == "text" {
 				opts.Observe = agent.Progress(stderr)
 			}
@@ -117,6 +128,7 @@ usage (nothing ran).`,
 	f.StringArrayVar(&keys, "trusted-key", nil, "public key (PREFIX.pub of edgeflow keygen) that may sign bundles (repeatable; with any, unsigned bundles are refused)")
 	f.BoolVar(&opts.AllowReinstall, "allow-reinstall", false, "accept a bundle of the release already installed")
 	f.StringVar(&guided, "guided-failure", "", "TIMEOUT[:ONTIMEOUT]: pause a failure that would abort the flow for guidance, up to TIMEOUT, then apply ONTIMEOUT (default Abort)")
+	f.StringVar(&strategies, "strategies", "", "FILE: a YAML list of the flow-level failure strategies, for a flow that says failureStrategies: input")
 	f.StringVar(&opts.ComposeDir, "compose-dir", compose.DefaultDir, "root of the compose projects' directories (compose steps)")
 	f.Var(commandValue{&opts.ComposeCommand}, "compose-command", `the Compose CLI, such as "docker-compose" (default: "docker compose" if present, else "docker-compose")`)
 	f.StringVar(&level, "log-level", "warn", "log level on stderr: debug, info, warn, error")
