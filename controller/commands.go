@@ -45,10 +45,11 @@ func (c *Controller) commandMessage(ctx context.Context, cmd store.Command) (*tr
 	return &transport.Message{V: transport.Version, ID: cmd.ID, Type: cmd.Type, Device: cmd.Device, Time: cmd.Time, Body: body}, nil
 }
 
-// dispatchBody is the dispatch of deployment d's bundle b, asking for
-// guided failure with gf (nil: none).
+// dispatchBody is the dispatch of deployment d's bundle b, with d's
+// failure strategies, asking for guided failure with gf (nil: none).
 func (c *Controller) dispatchBody(d store.Deployment, b store.Bundle, gf *api.GuidedFailure) *transport.Dispatch {
-	body := &transport.Dispatch{Deployment: d.ID, URL: c.BundleURL(b.SHA256), SHA256: b.SHA256, Size: b.Size, Vars: d.Vars}
+	body := &transport.Dispatch{Deployment: d.ID, URL: c.BundleURL(b.SHA256), SHA256: b.SHA256, Size: b.Size, Vars: d.Vars,
+		FailureStrategies: d.FailureStrategies}
 	if gf != nil {
 		// Checked when the deployment (or the setting) was made.
 		t, _ := time.ParseDuration(gf.Timeout)

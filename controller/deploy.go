@@ -75,6 +75,8 @@ type spec struct {
 	rollout       *api.Rollout
 	targets       []int // the waves' cumulative targets, with a rollout
 	guidedFailure *api.GuidedFailure
+	strategies    []transport.Strategy
+	strategySet   string
 	retryOf       string
 }
 
@@ -106,20 +108,25 @@ func (c *Controller) check(ctx context.Context, req api.CreateDeployment, retry 
 	if err != nil {
 		return spec{}, err
 	}
+	strategies, set, err := c.requestStrategies(ctx, req)
+	if err != nil {
+		return spec{}, err
+	}
 	// The largest dispatch each device may get: with a guided failure.
 	worst := gf
 	if worst == nil && c.opts.GuidedFailure != nil {
 		worst = &api.GuidedFailure{Timeout: c.opts.GuidedFailure.Timeout.String(), OnTimeout: c.opts.GuidedFailure.OnTimeout}
 	}
 	now := c.now().UTC()
-	d := store.Deployment{ID: newDeploymentID(now), Vars: req.Vars}
+	d := store.Deployment{ID: newDeploymentID(now), Vars: req.Vars, FailureStrategies: strategies}
 	for _, dev := range devices {
 		m := &transport.Message{V: transport.Version, ID: transport.NewID(), Type: transport.TypeDispatch, Device: dev, Time: now, Body: c.dispatchBody(d, b, worst)}
 		if _, err := m.Encode(); err != nil {
 			return spec{}, invalid("dispatch to device %s: %v", dev, err)
 		}
 	}
-	return spec{bundle: b, devices: devices, vars: req.Vars, rollout: rollout, targets: targets, guidedFailure: gf}, nil
+	return spec{bundle: b, devices: devices, vars: req.Vars, rollout: rollout, targets: targets, guidedFailure: gf,
+		strategies: strategies, strategySet: set}, nil
 }
 
 // create adds a deployment of s to the work: the deployment, a run per
@@ -130,6 +137,7 @@ func (w *work) create(s spec, now time.Time) (*store.Deployment, error) {
 		ID: newDeploymentID(now), Bundle: s.bundle.SHA256, Vars: s.vars, Devices: len(s.devices),
 		Status: api.DeploymentRunning, Created: now, Counts: map[string]int{},
 		Rollout: s.rollout, GuidedFailure: s.guidedFailure, RetryOf: s.retryOf,
+		FailureStrategies: s.strategies, StrategySet: s.strategySet,
 	}
 	for _, t := range s.targets {
 		d.Waves = append(d.Waves, store.Wave{Target: t, Counts: map[string]int{}})
@@ -372,6 +380,7 @@ func (c *Controller) deploymentView(d store.Deployment, b store.Bundle) api.Depl
 		ID: d.ID, Bundle: c.bundleView(b), Vars: d.Vars, Status: d.Status,
 		Created: d.Created, Finished: d.Finished, Counts: counts, Cancel: d.Cancel,
 		Rollout: d.Rollout, GuidedFailure: d.GuidedFailure, Wave: d.Wave,
+		FailureStrategies: d.FailureStrategies, StrategySet: d.StrategySet,
 		AwaitingPromotion: d.AwaitingPromotion, PausedUntil: d.PausedUntil, Abort: d.Abort,
 		Rollback: cloneRollback(d.Rollback), RetryOf: d.RetryOf, Retries: slices.Clone(d.Retries),
 	}

@@ -45,6 +45,10 @@ func (c *Controller) Handler() http.Handler {
 	handle("POST", api.PathGuide, false, c.guideDevice)
 	handle("GET", api.PathInterventions, false, c.interventions)
 	handle("POST", api.PathGuideGroup, false, c.guideGroup)
+	handle("GET", api.PathStrategySets, false, c.listStrategySets)
+	handle("GET", api.PathStrategySet, false, c.getStrategySet)
+	handle("PUT", api.PathStrategySet, false, c.putStrategySet)
+	handle("DELETE", api.PathStrategySet, false, c.deleteStrategySet)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, api.CodeNotFound, fmt.Sprintf("no such resource: %s %s", r.Method, r.URL.Path))
 	})
@@ -326,4 +330,61 @@ func (c *Controller) interventions(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, api.InterventionList{Interventions: l})
+}
+
+func (c *Controller) listStrategySets(w http.ResponseWriter, r *http.Request) {
+	sets, err := c.StrategySets(r.Context())
+	if err != nil {
+		c.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, api.StrategySetList{StrategySets: sets})
+}
+
+func (c *Controller) getStrategySet(w http.ResponseWriter, r *http.Request) {
+	set, err := c.StrategySet(r.Context(), r.PathValue("name"))
+	if err != nil {
+		c.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, set)
+}
+
+// putStrategySet reads the body, a YAML or JSON list of failure
+// strategies (whatever its Content-Type), as the set: 201 when new, 200
+// when it replaced one.
+func (c *Controller) putStrategySet(w http.ResponseWriter, r *http.Request) {
+	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxJSONBody))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			c.fail(w, r, &Error{Code: api.CodeTooLarge, Message: fmt.Sprintf("body over the %d-byte limit", maxJSONBody)})
+			return
+		}
+		c.fail(w, r, invalid("body: %v", err))
+		return
+	}
+	if len(strings.TrimSpace(string(data))) == 0 {
+		c.fail(w, r, invalid("empty body: want a YAML or JSON list of failure strategies"))
+		return
+	}
+	set, created, err := c.PutStrategySet(r.Context(), r.PathValue("name"), data)
+	if err != nil {
+		c.fail(w, r, err)
+		return
+	}
+	status := http.StatusOK
+	if created {
+		status = http.StatusCreated
+	}
+	w.Header().Set("Location", "/v1/strategy-sets/"+set.Name)
+	writeJSON(w, status, set)
+}
+
+func (c *Controller) deleteStrategySet(w http.ResponseWriter, r *http.Request) {
+	if err := c.DeleteStrategySet(r.Context(), r.PathValue("name")); err != nil {
+		c.fail(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
 }

@@ -531,11 +531,13 @@ func (c *Controller) Retry(ctx context.Context, id string, req api.Retry) (api.D
 			return conflict("deployment %s has no %s device to retry (%s)", id, what, formatCounts(first.Counts))
 		}
 		s, err := c.check(w.ctx, api.CreateDeployment{Bundle: first.Bundle, Devices: devices, Vars: first.Vars,
-			Rollout: first.Rollout, GuidedFailure: first.GuidedFailure}, true)
+			Rollout: first.Rollout, GuidedFailure: first.GuidedFailure, FailureStrategies: rawStrategies(first.FailureStrategies)}, true)
 		if err != nil {
 			return err
 		}
-		s.retryOf = id
+		// The retry keeps the first's copy of its strategies (and says
+		// which set they came from), whatever the set says now.
+		s.retryOf, s.strategySet = id, first.StrategySet
 		d, err := w.create(s, now)
 		if err != nil {
 			return err

@@ -34,6 +34,8 @@ const (
 	PathGuide           = "/v1/deployments/{id}/devices/{device}/guide" // POST: answer a paused device
 	PathInterventions   = "/v1/interventions"                           // GET: paused devices, grouped
 	PathGuideGroup      = "/v1/interventions/{group}/guide"             // POST: answer a whole group
+	PathStrategySets    = "/v1/strategy-sets"                           // GET list
+	PathStrategySet     = "/v1/strategy-sets/{name}"                    // GET one, PUT (body: a YAML or JSON list), DELETE
 )
 
 // Error is the body of every error answer.
@@ -119,6 +121,35 @@ type CreateDeployment struct {
 	// GuidedFailure, when set, makes every device of the deployment pause
 	// for guidance where a failure would end its flow.
 	GuidedFailure *GuidedFailure `json:"guidedFailure,omitempty"`
+	// FailureStrategies are the flow-level failure strategies of a flow
+	// that says `failureStrategies: input` (docs/flows.md), a JSON list
+	// written as the flow document writes failureStrategies; problems are
+	// answered with their line and column in this value
+	// ("failureStrategies:1:42: ..."). StrategySet names a stored set
+	// instead (PathStrategySet). At most one of the two; the list is
+	// copied into the deployment when it is created.
+	FailureStrategies json.RawMessage `json:"failureStrategies,omitempty"`
+	StrategySet       string          `json:"strategySet,omitempty"`
+}
+
+// StrategySet is a named list of failure strategies stored in the
+// controller, for deployments of flows that take their flow-level
+// failure strategies at deploy time. Name matches StrategySetNamePattern.
+type StrategySet struct {
+	Name       string               `json:"name"`
+	Strategies []transport.Strategy `json:"strategies"`
+	Created    time.Time            `json:"created"`
+	Updated    time.Time            `json:"updated"`
+}
+
+// StrategySetNamePattern is what a strategy set's name must match (the
+// rule of flow names): 1 to 63 lowercase letters, digits, '.', '_' and
+// '-', starting with a letter or digit.
+const StrategySetNamePattern = `^[a-z0-9][a-z0-9._-]{0,62}$`
+
+// StrategySetList answers GET /v1/strategy-sets, by name.
+type StrategySetList struct {
+	StrategySets []StrategySet `json:"strategySets"`
 }
 
 // Rollout is a deployment's rollout strategy. Durations are Go duration
@@ -353,6 +384,12 @@ type Deployment struct {
 	// Rollout and GuidedFailure are as created.
 	Rollout       *Rollout       `json:"rollout,omitempty"`
 	GuidedFailure *GuidedFailure `json:"guidedFailure,omitempty"`
+	// FailureStrategies are the flow-level failure strategies every
+	// dispatch of the deployment carries, as copied when it was created;
+	// StrategySet is the set they were copied from, when one was named
+	// (a later change to the set does not change them).
+	FailureStrategies []transport.Strategy `json:"failureStrategies,omitempty"`
+	StrategySet       string               `json:"strategySet,omitempty"`
 	// Waves are the rollout's waves (with a rollout only); Wave is the
 	// number of the last one started.
 	Waves []Wave `json:"waves,omitempty"`

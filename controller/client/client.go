@@ -1,6 +1,6 @@
 // Package client is the Go client of the controller's REST API
 // (controller/api): devices, bundles, deployments, logs, cancel, promote,
-// retry, mark-failed, guidance and interventions, and the server-sent
+// retry, mark-failed, guidance, interventions and strategy sets, and the server-sent
 // event stream of a deployment, with reconnection.
 //
 // Errors are typed at this boundary, the one that understands HTTP:
@@ -480,4 +480,50 @@ func (c *Client) Interventions(ctx context.Context) ([]api.Intervention, error) 
 		return nil, err
 	}
 	return l.Interventions, nil
+}
+
+// StrategySets lists the stored strategy sets, by name.
+func (c *Client) StrategySets(ctx context.Context) ([]api.StrategySet, error) {
+	var l api.StrategySetList
+	if err := c.call(ctx, get("list strategy sets", api.PathStrategySets), &l); err != nil {
+		return nil, err
+	}
+	return l.StrategySets, nil
+}
+
+// StrategySet returns one strategy set; one that does not exist is an
+// *APIError with status 404.
+func (c *Client) StrategySet(ctx context.Context, name string) (*api.StrategySet, error) {
+	var s api.StrategySet
+	if err := c.call(ctx, get("get strategy set "+name, path(api.PathStrategySet, "name", name)), &s); err != nil {
+		return nil, err
+	}
+	return &s, nil
+}
+
+// PutStrategySet stores data, a YAML or JSON list of failure strategies,
+// as the strategy set name, replacing one of that name, and returns it
+// and whether it is new. A list the controller refuses is an *APIError
+// with status 400 whose message gives each problem's line and column in
+// data.
+func (c *Client) PutStrategySet(ctx context.Context, name string, data []byte) (*api.StrategySet, bool, error) {
+	req := request{op: "put strategy set " + name, method: http.MethodPut, path: path(api.PathStrategySet, "name", name),
+		body: bytes.NewReader(data), size: int64(len(data)), contentType: "application/yaml"}
+	resp, err := c.send(ctx, req)
+	if err != nil {
+		return nil, false, err
+	}
+	defer resp.Body.Close()
+	var s api.StrategySet
+	if err := json.NewDecoder(resp.Body).Decode(&s); err != nil {
+		return nil, false, fmt.Errorf("%s: read the controller's answer: %w", req.op, err)
+	}
+	return &s, resp.StatusCode == http.StatusCreated, nil
+}
+
+// DeleteStrategySet deletes a strategy set; the deployments made with it
+// keep their copy. One that does not exist is an *APIError with status
+// 404.
+func (c *Client) DeleteStrategySet(ctx context.Context, name string) error {
+	return c.call(ctx, request{op: "delete strategy set " + name, method: http.MethodDelete, path: path(api.PathStrategySet, "name", name)}, nil)
 }

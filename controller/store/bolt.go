@@ -47,6 +47,11 @@ const DefaultOpenTimeout = time.Second
 //	events        <deployment> / <device> / <seq>   Event (a bucket per deployment and device)
 //	feed          <deployment> / <seq>              api.Event (a bucket per deployment)
 //	commands      <device> NUL <deployment> NUL <type>   Command
+//	strategysets  <name>                            api.StrategySet
+//
+// Open creates a missing data bucket in a file of the same schema version
+// (strategysets came after version 1 was first written): adding a bucket
+// is not a schema change, an older controller ignores it.
 var (
 	bucketMeta        = []byte("meta")
 	bucketDevices     = []byte("devices")
@@ -57,10 +62,11 @@ var (
 	bucketEvents      = []byte("events")
 	bucketFeed        = []byte("feed")
 	bucketCommands    = []byte("commands")
+	bucketStrategySet = []byte("strategysets")
 
 	keySchema = []byte("schema")
 
-	dataBuckets = [][]byte{bucketDevices, bucketSeqs, bucketBundles, bucketDeployments, bucketRuns, bucketEvents, bucketFeed, bucketCommands}
+	dataBuckets = [][]byte{bucketDevices, bucketSeqs, bucketBundles, bucketDeployments, bucketRuns, bucketEvents, bucketFeed, bucketCommands, bucketStrategySet}
 )
 
 var (
@@ -445,6 +451,66 @@ func (s *Bolt) Feed(ctx context.Context, deployment string, after uint64, limit 
 		return nil
 	})
 	return es, err
+}
+
+// StrategySet returns a strategy set by name.
+func (s *Bolt) StrategySet(ctx context.Context, name string) (set api.StrategySet, err error) {
+	err = s.view(ctx, func(tx *bolt.Tx) error {
+		return get(tx.Bucket(bucketStrategySet), name, &set, "strategy set")
+	})
+	return set, err
+}
+
+// StrategySets returns every strategy set, by name.
+func (s *Bolt) StrategySets(ctx context.Context) (sets []api.StrategySet, err error) {
+	err = s.view(ctx, func(tx *bolt.Tx) error {
+		return each(tx.Bucket(bucketStrategySet), "strategy set", func(x api.StrategySet) { sets = append(sets, x) })
+	})
+	return sets, err
+}
+
+// PutStrategySet stores set, keeping the Created of the one it replaces.
+func (s *Bolt) PutStrategySet(ctx context.Context, set api.StrategySet) (stored api.StrategySet, created bool, err error) {
+	if err := ctx.Err(); err != nil {
+		return api.StrategySet{}, false, err
+	}
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketStrategySet)
+		var old api.StrategySet
+		err := get(b, set.Name, &old, "strategy set")
+		switch {
+		case err == nil:
+			set.Created = old.Created
+		case errors.Is(err, ErrNotFound):
+			created = true
+		default:
+			return err
+		}
+		stored = set
+		return put(b, []byte(set.Name), set)
+	})
+	if err != nil {
+		return api.StrategySet{}, false, fmt.Errorf("put strategy set %q: %w", set.Name, err)
+	}
+	return stored, created, nil
+}
+
+// DeleteStrategySet deletes a strategy set.
+func (s *Bolt) DeleteStrategySet(ctx context.Context, name string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketStrategySet)
+		if b.Get([]byte(name)) == nil {
+			return fmt.Errorf("strategy set %q: %w", name, ErrNotFound)
+		}
+		return b.Delete([]byte(name))
+	})
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		return fmt.Errorf("delete strategy set %q: %w", name, err)
+	}
+	return err
 }
 
 // Commands returns the pending commands of device ("" for every device).

@@ -75,6 +75,16 @@ type Store interface {
 	// Seq above after, by Seq.
 	Feed(ctx context.Context, deployment string, after uint64, limit int) ([]api.Event, error)
 
+	// StrategySet returns a strategy set by name.
+	StrategySet(ctx context.Context, name string) (api.StrategySet, error)
+	// StrategySets returns every strategy set, by name.
+	StrategySets(ctx context.Context) ([]api.StrategySet, error)
+	// PutStrategySet stores s, replacing the set of its name (whose
+	// Created it keeps); it returns the stored set and whether it is new.
+	PutStrategySet(ctx context.Context, s api.StrategySet) (api.StrategySet, bool, error)
+	// DeleteStrategySet deletes a strategy set (ErrNotFound: none).
+	DeleteStrategySet(ctx context.Context, name string) error
+
 	// Commands returns the pending commands of a device, or of every
 	// device when device is "", by device, deployment and type.
 	Commands(ctx context.Context, device string) ([]Command, error)
@@ -119,6 +129,10 @@ type Deployment struct {
 	// created (checked then).
 	Rollout       *api.Rollout       `json:"rollout,omitempty"`
 	GuidedFailure *api.GuidedFailure `json:"guidedFailure,omitempty"`
+	// FailureStrategies are sent with every dispatch, as copied at
+	// creation; StrategySet is the set they came from, if one.
+	FailureStrategies []transport.Strategy `json:"failureStrategies,omitempty"`
+	StrategySet       string               `json:"strategySet,omitempty"`
 	// Waves are the rollout's waves (nil without a rollout); Wave is the
 	// number of the last one started (from 1).
 	Waves []Wave `json:"waves,omitempty"`

@@ -45,7 +45,8 @@ type Fleet struct {
 
 // FleetCommands returns the operator commands that drive a controller:
 // devices, deploy, deployments, deployment show, watch, logs, cancel,
-// promote, guide, interventions, mark-failed and retry.
+// promote, guide, interventions, mark-failed, retry, strategy-sets and
+// strategy-set.
 func FleetCommands(stdout, stderr io.Writer) []*cobra.Command {
 	return []*cobra.Command{
 		devicesCommand(stdout, stderr),
@@ -60,6 +61,8 @@ func FleetCommands(stdout, stderr io.Writer) []*cobra.Command {
 		interventionsCommand(stdout, stderr),
 		markFailedCommand(stdout, stderr),
 		retryCommand(stdout, stderr),
+		strategySetsCommand(stdout, stderr),
+		strategySetCommand(stdout, stderr),
 	}
 }
 
@@ -297,6 +300,13 @@ func (f *Fleet) ShowDeployment(ctx context.Context, id string) error {
 	}
 	if g := d.GuidedFailure; g != nil {
 		fmt.Fprintf(tw, "guided failure:\tpause up to %s for guidance, then %s\n", g.Timeout, g.OnTimeout)
+	}
+	if len(d.FailureStrategies) > 0 {
+		from := "given inline"
+		if d.StrategySet != "" {
+			from = "copied from set " + d.StrategySet
+		}
+		fmt.Fprintf(tw, "failure strategies:\t%s (%s)\n", strategiesText(d.FailureStrategies), from)
 	}
 	if d.RetryOf != "" {
 		fmt.Fprintf(tw, "retry of:\t%s\n", d.RetryOf)

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -54,6 +55,11 @@ type DeployFlags struct {
 	RollbackOnAbort bool
 	// GuidedFailure is TIMEOUT[:ONTIMEOUT] (--guided-failure).
 	GuidedFailure string
+	// Strategies is FILE|NAME (--strategies): the flow-level failure
+	// strategies of a flow that takes them at deploy time, from a file
+	// (when one exists at that path) or a strategy set stored in the
+	// controller.
+	Strategies string
 }
 
 func deployCommand(stdout, stderr io.Writer) *cobra.Command {
@@ -62,7 +68,7 @@ func deployCommand(stdout, stderr io.Writer) *cobra.Command {
 		f  DeployFlags
 	)
 	c := &cobra.Command{
-		Use:   "deploy FLOW|BUNDLE (--device ID... | --selector K=V,...) [--var K=V]... [--key PREFIX.key] [rollout flags] [--guided-failure TIMEOUT[:ONTIMEOUT]] [--wait] [--timeout D]",
+		Use:   "deploy FLOW|BUNDLE (--device ID... | --selector K=V,...) [--var K=V]... [--key PREFIX.key] [rollout flags] [--strategies FILE|NAME] [--guided-failure TIMEOUT[:ONTIMEOUT]] [--wait] [--timeout D]",
 		Short: "Send a flow or a bundle to devices (with --wait, follow it to its end)",
 		Long: `Send a flow or a bundle to devices.
 
@@ -79,6 +85,11 @@ when more than 20% of at least 5 finished devices failed (with
 --rollback-on-abort, the devices that had succeeded are then rolled back),
 --device-timeout 30m to fail a device that has not finished 30m after its
 dispatch.
+--strategies FILE|NAME gives the flow-level failure strategies of a flow
+that says "failureStrategies: input" (docs/flows.md): FILE, when a file of
+that name exists, is a YAML or JSON list checked here and sent with the
+deployment; else NAME is a strategy set stored in the controller
+("edgeflow strategy-set put"), copied into the deployment.
 --guided-failure 30m[:Abort] makes a failure that would end a device's flow
 pause it for guidance (edgeflow interventions, edgeflow guide).
 
@@ -116,6 +127,7 @@ waiting through it.`,
 	fl.StringSliceVar(&f.AbortOn, "abort-on", nil, "rollout: the error kinds the abort threshold counts (comma-separated; default AllErrors)")
 	fl.BoolVar(&f.RollbackOnAbort, "rollback-on-abort", false, "rollout: once the abort threshold trips, roll back the devices that succeeded (needs --abort-threshold; agents that list the rollback command)")
 	fl.StringVar(&f.DeviceTimeout, "device-timeout", "", "rollout: a device not finished this long after its dispatch times out (a failure of kind Timeout)")
+	fl.StringVar(&f.Strategies, "strategies", "", "FILE|NAME: the flow-level failure strategies of a flow that says failureStrategies: input: a YAML or JSON list in FILE (when the file exists), else the strategy set NAME stored in the controller")
 	fl.StringVar(&f.GuidedFailure, "guided-failure", "", "TIMEOUT[:ONTIMEOUT]: pause a device for guidance where a failure would end its flow, for TIMEOUT, then apply ONTIMEOUT (default Abort)")
 	return c
 }
@@ -127,6 +139,8 @@ type deployTarget struct {
 	vars          map[string]string
 	rollout       *api.Rollout
 	guidedFailure *api.GuidedFailure
+	strategies    json.RawMessage
+	strategySet   string
 }
 
 func (o DeployFlags) target() (deployTarget, error) {
@@ -156,6 +170,9 @@ func (o DeployFlags) target() (deployTarget, error) {
 		return t, fmt.Errorf("deploy: %w", err)
 	}
 	if t.guidedFailure, err = guidedFailureFlag(o.GuidedFailure); err != nil {
+		return t, fmt.Errorf("deploy: %w", err)
+	}
+	if t.strategies, t.strategySet, err = strategiesFlag(o.Strategies); err != nil {
 		return t, fmt.Errorf("deploy: %w", err)
 	}
 	return t, nil
@@ -305,7 +322,7 @@ func (f *Fleet) Deploy(ctx context.Context, path string, o DeployFlags, now time
 	fmt.Fprintf(f.Err, "uploaded bundle %s: flow %s version %d, %d bytes\n", short(b.SHA256), b.Flow, b.Version, b.Size)
 
 	d, err := f.Client.CreateDeployment(ctx, api.CreateDeployment{Bundle: b.SHA256, Devices: t.devices, Selector: t.selector, Vars: t.vars,
-		Rollout: t.rollout, GuidedFailure: t.guidedFailure})
+		Rollout: t.rollout, GuidedFailure: t.guidedFailure, FailureStrategies: t.strategies, StrategySet: t.strategySet})
 	if err != nil {
 		if timedOut() {
 			return timeout("creating the deployment; it may or may not exist (edgeflow deployments)")
