@@ -78,34 +78,53 @@ func Load(path string) (*Flow, error) {
 func Parse(file string, data []byte) (*Flow, error) {
 	d := &decoder{file: file, keys: map[any]map[string]Pos{}}
 	f := &Flow{File: file, Source: append([]byte(nil), data...)}
-	if len(data) > MaxDocumentSize {
-		d.problem(Pos{1, 1}, "document is %d bytes, over the %d byte limit", len(data), MaxDocumentSize)
-		return nil, d.probs
-	}
-	var root yaml.Node
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	if err := dec.Decode(&root); err != nil {
-		d.syntax(err)
+	doc, dec := d.document(data)
+	if doc == nil {
 		return nil, d.probs
 	}
 	var extra yaml.Node
 	if err := dec.Decode(&extra); err == nil {
 		d.problem(Pos{extra.Line, extra.Column}, "a flow file holds one document; found another")
 	}
+	d.decode(doc, reflect.ValueOf(f).Elem())
+	validate(f, d)
+	if err := d.sorted(); err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+// document reads the first YAML document of data and returns its content
+// node and the decoder (for what follows it), or nil after recording why
+// it cannot be read.
+func (d *decoder) document(data []byte) (*yaml.Node, *yaml.Decoder) {
+	if len(data) > MaxDocumentSize {
+		d.problem(Pos{1, 1}, "document is %d bytes, over the %d byte limit", len(data), MaxDocumentSize)
+		return nil, nil
+	}
+	var root yaml.Node
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	if err := dec.Decode(&root); err != nil {
+		d.syntax(err)
+		return nil, nil
+	}
 	doc := &root
 	if doc.Kind == yaml.DocumentNode && len(doc.Content) == 1 {
 		doc = doc.Content[0]
 	}
-	d.decode(doc, reflect.ValueOf(f).Elem())
-	validate(f, d)
-	if len(d.probs) > 0 {
-		sort.SliceStable(d.probs, func(i, j int) bool {
-			a, b := d.probs[i].Pos, d.probs[j].Pos
-			return a.Line < b.Line || a.Line == b.Line && a.Col < b.Col
-		})
-		return nil, d.probs
+	return doc, dec
+}
+
+// sorted returns the problems found, in line and column order, or nil.
+func (d *decoder) sorted() error {
+	if len(d.probs) == 0 {
+		return nil
 	}
-	return f, nil
+	sort.SliceStable(d.probs, func(i, j int) bool {
+		a, b := d.probs[i].Pos, d.probs[j].Pos
+		return a.Line < b.Line || a.Line == b.Line && a.Col < b.Col
+	})
+	return d.probs
 }
 
 // decoder turns a YAML node tree into Go values, collecting problems.

@@ -1,10 +1,8 @@
 package flow
 
 import (
-	"bytes"
 	"fmt"
 	"reflect"
-	"sort"
 
 	"github.com/edgeflow/edgeflow/onfailure"
 	"go.yaml.in/yaml/v3"
@@ -19,19 +17,9 @@ import (
 // (CheckGiven). An invalid or empty list returns Problems.
 func ParseStrategies(file string, data []byte) ([]onfailure.Strategy, error) {
 	d := &decoder{file: file, keys: map[any]map[string]Pos{}}
-	if len(data) > MaxDocumentSize {
-		d.problem(Pos{1, 1}, "document is %d bytes, over the %d byte limit", len(data), MaxDocumentSize)
+	doc, _ := d.document(data)
+	if doc == nil {
 		return nil, d.probs
-	}
-	var root yaml.Node
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	if err := dec.Decode(&root); err != nil {
-		d.syntax(err)
-		return nil, d.probs
-	}
-	doc := &root
-	if doc.Kind == yaml.DocumentNode && len(doc.Content) == 1 {
-		doc = doc.Content[0]
 	}
 	var list []Strategy
 	if doc.Kind != yaml.SequenceNode {
@@ -44,12 +32,8 @@ func ParseStrategies(file string, data []byte) ([]onfailure.Strategy, error) {
 	}
 	v := &validator{d: d}
 	v.strategies("failure strategies", list, false)
-	if len(d.probs) > 0 {
-		sort.SliceStable(d.probs, func(i, j int) bool {
-			a, b := d.probs[i].Pos, d.probs[j].Pos
-			return a.Line < b.Line || a.Line == b.Line && a.Col < b.Col
-		})
-		return nil, d.probs
+	if err := d.sorted(); err != nil {
+		return nil, err
 	}
 	out := make([]onfailure.Strategy, len(list))
 	for i, s := range list {
