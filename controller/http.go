@@ -142,29 +142,17 @@ func (c *Controller) health(w http.ResponseWriter, _ *http.Request) {
 
 func (c *Controller) listDevices(w http.ResponseWriter, r *http.Request) {
 	ds, err := c.Devices(r.Context())
-	if err != nil {
-		c.fail(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, api.DeviceList{Devices: ds})
+	c.reply(w, r, http.StatusOK, api.DeviceList{Devices: ds}, err)
 }
 
 func (c *Controller) getDevice(w http.ResponseWriter, r *http.Request) {
 	d, err := c.Device(r.Context(), r.PathValue("id"))
-	if err != nil {
-		c.fail(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, d)
+	c.reply(w, r, http.StatusOK, d, err)
 }
 
 func (c *Controller) listBundles(w http.ResponseWriter, r *http.Request) {
 	bs, err := c.Bundles(r.Context())
-	if err != nil {
-		c.fail(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, api.BundleList{Bundles: bs})
+	c.reply(w, r, http.StatusOK, api.BundleList{Bundles: bs}, err)
 }
 
 func (c *Controller) uploadBundle(w http.ResponseWriter, r *http.Request) {
@@ -208,58 +196,33 @@ func (c *Controller) downloadBundle(w http.ResponseWriter, r *http.Request) {
 
 func (c *Controller) listDeployments(w http.ResponseWriter, r *http.Request) {
 	ds, err := c.Deployments(r.Context())
-	if err != nil {
-		c.fail(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, api.DeploymentList{Deployments: ds})
+	c.reply(w, r, http.StatusOK, api.DeploymentList{Deployments: ds}, err)
 }
 
 func (c *Controller) createDeployment(w http.ResponseWriter, r *http.Request) {
-	var req api.CreateDeployment
-	if err := decode(w, r, &req, false); err != nil {
-		c.fail(w, r, err)
-		return
-	}
-	d, err := c.Create(r.Context(), req)
-	if err != nil {
-		c.fail(w, r, err)
-		return
-	}
-	w.Header().Set("Location", "/v1/deployments/"+d.ID)
-	writeJSON(w, http.StatusCreated, d)
+	answer(c, w, r, false, http.StatusCreated, func(req api.CreateDeployment) (api.Deployment, error) {
+		d, err := c.Create(r.Context(), req)
+		if err == nil {
+			w.Header().Set("Location", "/v1/deployments/"+d.ID)
+		}
+		return d, err
+	})
 }
 
 func (c *Controller) getDeployment(w http.ResponseWriter, r *http.Request) {
 	d, err := c.Deployment(r.Context(), r.PathValue("id"))
-	if err != nil {
-		c.fail(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, d)
+	c.reply(w, r, http.StatusOK, d, err)
 }
 
 func (c *Controller) cancelDeployment(w http.ResponseWriter, r *http.Request) {
-	var req api.Cancel
-	if err := decode(w, r, &req, true); err != nil {
-		c.fail(w, r, err)
-		return
-	}
-	d, err := c.Cancel(r.Context(), r.PathValue("id"), req)
-	if err != nil {
-		c.fail(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, d)
+	answer(c, w, r, true, http.StatusOK, func(req api.Cancel) (api.Deployment, error) {
+		return c.Cancel(r.Context(), r.PathValue("id"), req)
+	})
 }
 
 func (c *Controller) logs(w http.ResponseWriter, r *http.Request) {
 	logs, err := c.Logs(r.Context(), r.PathValue("id"), r.PathValue("device"), strings.TrimSpace(r.URL.Query().Get("step")))
-	if err != nil {
-		c.fail(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, api.LogList{Logs: logs})
+	c.reply(w, r, http.StatusOK, api.LogList{Logs: logs}, err)
 }
 
 // answer decodes the request's JSON body into a new T (optional: an empty
@@ -272,6 +235,11 @@ func answer[T, R any](c *Controller, w http.ResponseWriter, r *http.Request, opt
 		return
 	}
 	out, err := fn(req)
+	c.reply(w, r, status, out, err)
+}
+
+// reply answers out with status, or err when it is not nil.
+func (c *Controller) reply(w http.ResponseWriter, r *http.Request, status int, out any, err error) {
 	if err != nil {
 		c.fail(w, r, err)
 		return
@@ -286,18 +254,13 @@ func (c *Controller) promote(w http.ResponseWriter, r *http.Request) {
 }
 
 func (c *Controller) retry(w http.ResponseWriter, r *http.Request) {
-	var req api.Retry
-	if err := decode(w, r, &req, true); err != nil {
-		c.fail(w, r, err)
-		return
-	}
-	d, err := c.Retry(r.Context(), r.PathValue("id"), req)
-	if err != nil {
-		c.fail(w, r, err)
-		return
-	}
-	w.Header().Set("Location", "/v1/deployments/"+d.ID)
-	writeJSON(w, http.StatusCreated, d)
+	answer(c, w, r, true, http.StatusCreated, func(req api.Retry) (api.Deployment, error) {
+		d, err := c.Retry(r.Context(), r.PathValue("id"), req)
+		if err == nil {
+			w.Header().Set("Location", "/v1/deployments/"+d.ID)
+		}
+		return d, err
+	})
 }
 
 func (c *Controller) markFailed(w http.ResponseWriter, r *http.Request) {
@@ -325,29 +288,17 @@ func (c *Controller) guideGroup(w http.ResponseWriter, r *http.Request) {
 
 func (c *Controller) interventions(w http.ResponseWriter, r *http.Request) {
 	l, err := c.Interventions(r.Context())
-	if err != nil {
-		c.fail(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, api.InterventionList{Interventions: l})
+	c.reply(w, r, http.StatusOK, api.InterventionList{Interventions: l}, err)
 }
 
 func (c *Controller) listStrategySets(w http.ResponseWriter, r *http.Request) {
 	sets, err := c.StrategySets(r.Context())
-	if err != nil {
-		c.fail(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, api.StrategySetList{StrategySets: sets})
+	c.reply(w, r, http.StatusOK, api.StrategySetList{StrategySets: sets}, err)
 }
 
 func (c *Controller) getStrategySet(w http.ResponseWriter, r *http.Request) {
 	set, err := c.StrategySet(r.Context(), r.PathValue("name"))
-	if err != nil {
-		c.fail(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, set)
+	c.reply(w, r, http.StatusOK, set, err)
 }
 
 // putStrategySet reads the body, a YAML or JSON list of failure
