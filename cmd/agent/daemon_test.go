@@ -191,6 +191,20 @@ func (b *backend) checkSeqs() {
 	}
 }
 
+// newInterop starts an embedded broker and a backend on it, and makes a
+// device case (not yet started) that connects to it.
+func newInterop(t *testing.T) (*backend, *daemonCase) {
+	t.Helper()
+	b := brokertest.Embedded(t)
+	return newBackend(t, b.URL()), newDaemonCase(t, b.URL())
+}
+
+// waitOnline waits for the device's presence to say online.
+func (b *backend) waitOnline() {
+	b.t.Helper()
+	waitFor(b.t, "presence online", func() bool { p := b.lastPresence(); return p != nil && p["status"] == "online" })
+}
+
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	end := time.Now().Add(60 * time.Second)
@@ -305,14 +319,12 @@ steps:
 `
 
 func TestDaemonInterop(t *testing.T) {
-	b := brokertest.Embedded(t)
-	be := newBackend(t, b.URL())
-	c := newDaemonCase(t, b.URL())
+	be, c := newInterop(t)
 	counter := filepath.Join(c.dir, "counter")
 	url, sum, size := c.bundle("counter", fmt.Sprintf(counterFlow, counter, counter), 1)
 	c.start()
 
-	waitFor(t, "presence online", func() bool { p := be.lastPresence(); return p != nil && p["status"] == "online" })
+	be.waitOnline()
 	p := be.lastPresence()
 	if labels, _ := p["labels"].(map[string]any); labels["site"] != "lab" {
 		t.Errorf("presence labels = %v, want site=lab", p["labels"])
@@ -373,13 +385,11 @@ steps:
 // backend not acknowledging, and starts it again: it resumes the flow,
 // the step's restart is retried, and every event arrives once, in order.
 func TestDaemonKilledMidStep(t *testing.T) {
-	b := brokertest.Embedded(t)
-	be := newBackend(t, b.URL())
-	c := newDaemonCase(t, b.URL())
+	be, c := newInterop(t)
 	mark := filepath.Join(c.dir, "mark")
 	url, sum, size := c.bundle("slow", fmt.Sprintf(slowFlow, mark), 1)
 	c.start()
-	waitFor(t, "presence online", func() bool { p := be.lastPresence(); return p != nil && p["status"] == "online" })
+	be.waitOnline()
 
 	be.dispatch("aa1c0e4a9b7d4c2e8f6a1b3c5d7e9f01", "dep-slow", url, sum, size)
 	// A second dispatch waits behind the first and says so.
@@ -418,14 +428,12 @@ func TestDaemonKilledMidStep(t *testing.T) {
 // not acknowledge, restarts the agent, and then acknowledges: the events
 // come again after the restart, in order, and the outbox empties.
 func TestDaemonOutboxKeepsEventsUntilAcked(t *testing.T) {
-	b := brokertest.Embedded(t)
-	be := newBackend(t, b.URL())
+	be, c := newInterop(t)
 	be.noAck = true
-	c := newDaemonCase(t, b.URL())
 	counter := filepath.Join(c.dir, "counter")
 	url, sum, size := c.bundle("counter", fmt.Sprintf(counterFlow, counter, counter), 1)
 	c.start()
-	waitFor(t, "presence online", func() bool { p := be.lastPresence(); return p != nil && p["status"] == "online" })
+	be.waitOnline()
 	be.dispatch("bb1c0e4a9b7d4c2e8f6a1b3c5d7e9f01", "dep-1", url, sum, size)
 	waitFor(t, "flow-finished", func() bool { return be.event("dep-1", "flow-finished") != nil })
 	c.stop()
@@ -472,14 +480,12 @@ steps:
 // TestDaemonGuidanceAndCancel answers a paused step with a guide message
 // and cancels a queued deployment, both as plain protocol messages.
 func TestDaemonGuidanceAndCancel(t *testing.T) {
-	b := brokertest.Embedded(t)
-	be := newBackend(t, b.URL())
-	c := newDaemonCase(t, b.URL())
+	be, c := newInterop(t)
 	url, sum, size := c.bundle("paused", pauseFlow, 1)
 	counter := filepath.Join(c.dir, "counter")
 	url2, sum2, size2 := c.bundle("counter", fmt.Sprintf(counterFlow, counter, counter), 1)
 	c.start()
-	waitFor(t, "presence online", func() bool { p := be.lastPresence(); return p != nil && p["status"] == "online" })
+	be.waitOnline()
 
 	be.dispatch("cc1c0e4a9b7d4c2e8f6a1b3c5d7e9f01", "dep-pause", url, sum, size)
 	waitFor(t, "paused", func() bool { return be.event("dep-pause", "paused") != nil })
@@ -532,14 +538,12 @@ steps:
 // (the step is marked failed and the flow ends Failed, the next step never
 // runs) and one whose step is paused for guidance (the pause is aborted).
 func TestDaemonCancelRunningAndPaused(t *testing.T) {
-	b := brokertest.Embedded(t)
-	be := newBackend(t, b.URL())
-	c := newDaemonCase(t, b.URL())
+	be, c := newInterop(t)
 	mark := filepath.Join(c.dir, "mark")
 	url, sum, size := c.bundle("long", fmt.Sprintf(longFlow, mark), 1)
 	url2, sum2, size2 := c.bundle("paused", pauseFlow, 1)
 	c.start()
-	waitFor(t, "presence online", func() bool { p := be.lastPresence(); return p != nil && p["status"] == "online" })
+	be.waitOnline()
 
 	cancel := func(id, dep string) {
 		be.publish("commands", `{"v":1,"id":"`+id+`","type":"cancel","device":"`+interopDevice+`","time":"2025-06-01T10:09:00Z","body":{"deployment":"`+dep+`","by":"alice","note":"stop"}}`)

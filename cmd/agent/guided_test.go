@@ -15,8 +15,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/edgeflow/edgeflow/internal/brokertest"
 )
 
 // guidedFailureFlow: flaky fails (exit 3, kind Unknown) on its first
@@ -202,12 +200,10 @@ steps:
 // that has no strategy, the pause survives an agent restart with its
 // deadline, and a guide Ignore lets the flow finish Succeeded.
 func TestDaemonGuidedFailure(t *testing.T) {
-	b := brokertest.Embedded(t)
-	be := newBackend(t, b.URL())
-	c := newDaemonCase(t, b.URL())
+	be, c := newInterop(t)
 	url, sum, size := c.bundle("guided", guidedDaemonFlow, 1)
 	c.start()
-	waitFor(t, "presence online", func() bool { p := be.lastPresence(); return p != nil && p["status"] == "online" })
+	be.waitOnline()
 
 	be.dispatchGuided("dd1c0e4a9b7d4c2e8f6a1b3c5d7e9f01", "dep-guided", url, sum, size, `{"timeoutSeconds": 600, "onTimeout": "Abort"}`)
 	waitFor(t, "paused", func() bool { return be.event("dep-guided", "paused") != nil })
@@ -251,12 +247,10 @@ func TestDaemonGuidedFailure(t *testing.T) {
 // TestDaemonGuidedFailureTimeout: with no guidance, the dispatch's
 // onTimeout (Abort) applies after timeoutSeconds and the flow ends Failed.
 func TestDaemonGuidedFailureTimeout(t *testing.T) {
-	b := brokertest.Embedded(t)
-	be := newBackend(t, b.URL())
-	c := newDaemonCase(t, b.URL())
+	be, c := newInterop(t)
 	url, sum, size := c.bundle("guided", guidedDaemonFlow, 1)
 	c.start()
-	waitFor(t, "presence online", func() bool { p := be.lastPresence(); return p != nil && p["status"] == "online" })
+	be.waitOnline()
 
 	be.dispatchGuided("ee1c0e4a9b7d4c2e8f6a1b3c5d7e9f01", "dep-timeout", url, sum, size, `{"timeoutSeconds": 1, "onTimeout": "Abort"}`)
 	waitFor(t, "flow-finished", func() bool { return be.event("dep-timeout", "flow-finished") != nil })

@@ -8,8 +8,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/edgeflow/edgeflow/internal/brokertest"
 )
 
 const confFlow = `version: 1
@@ -33,14 +31,12 @@ func rollbackCmd(id, deployment string) string {
 // redelivered rollback does nothing; a rollback of a deployment that is
 // not the device's last execution, or of one undone already, is refused.
 func TestDaemonRollback(t *testing.T) {
-	b := brokertest.Embedded(t)
-	be := newBackend(t, b.URL())
-	c := newDaemonCase(t, b.URL())
+	be, c := newInterop(t)
 	target := filepath.Join(c.dir, "app.conf")
 	writeFile(t, target, "old\n")
 	url, sum, size := c.bundle("conf", fmt.Sprintf(confFlow, target, target), 1)
 	c.start()
-	waitFor(t, "presence online", func() bool { p := be.lastPresence(); return p != nil && p["status"] == "online" })
+	be.waitOnline()
 	caps, _ := be.lastPresence()["capabilities"].(map[string]any)
 	if cmds, _ := caps["commands"].([]any); !slices.Contains(cmds, any("rollback")) {
 		t.Fatalf("presence capabilities.commands = %v, want rollback", caps["commands"])

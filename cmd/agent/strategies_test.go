@@ -9,8 +9,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/edgeflow/edgeflow/internal/brokertest"
 )
 
 // inputDaemonFlow leaves its flow-level strategies to the dispatch; flaky
@@ -43,13 +41,11 @@ func (b *backend) dispatchStrategies(id, deployment, url, sha string, size int64
 // same flow dispatched without strategies is rejected before anything
 // runs.
 func TestDaemonFailureStrategies(t *testing.T) {
-	b := brokertest.Embedded(t)
-	be := newBackend(t, b.URL())
-	c := newDaemonCase(t, b.URL())
+	be, c := newInterop(t)
 	tmp := t.TempDir()
 	url, sum, size := c.bundle("input", strings.ReplaceAll(inputDaemonFlow, "@TMP@", tmp), 1)
 	c.start()
-	waitFor(t, "presence online", func() bool { p := be.lastPresence(); return p != nil && p["status"] == "online" })
+	be.waitOnline()
 
 	be.dispatchStrategies("ab1c0e4a9b7d4c2e8f6a1b3c5d7e9f01", "dep-none", url, sum, size, "")
 	waitFor(t, "rejected", func() bool { return be.event("dep-none", "rejected") != nil })
