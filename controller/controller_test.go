@@ -59,10 +59,7 @@ func TestDeployToTwoDevices(t *testing.T) {
 
 	data := testBundle(t)
 	b := e.addBundle(data)
-	dep, err := e.ctrl.Create(bg, api.CreateDeployment{Bundle: b.SHA256, Devices: []string{"dev-2", "dev-1"}, Vars: map[string]string{"color": "blue"}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	dep := e.mustCreate(api.CreateDeployment{Bundle: b.SHA256, Devices: []string{"dev-2", "dev-1"}, Vars: map[string]string{"color": "blue"}})
 	if dep.Status != api.DeploymentRunning || len(dep.Devices) != 2 || dep.Devices[0].Device != "dev-1" || dep.Bundle.Flow != "app" || dep.Bundle.Version != 3 {
 		t.Fatalf("created: %+v", dep)
 	}
@@ -164,10 +161,7 @@ func TestDeployToTwoDevices(t *testing.T) {
 func TestPresenceRedispatches(t *testing.T) {
 	e := newEnv(t, nil)
 	b := e.addBundle(testBundle(t))
-	dep, err := e.ctrl.Create(bg, api.CreateDeployment{Bundle: b.SHA256, Devices: []string{"dev-3"}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	dep := e.mustCreate(api.CreateDeployment{Bundle: b.SHA256, Devices: []string{"dev-3"}})
 	// dev-3 had no session when the dispatch went out: it never got it.
 	d := e.device("dev-3")
 	d.presence(transport.Online, nil)
@@ -195,10 +189,7 @@ func TestRestart(t *testing.T) {
 	e := newEnv(t, nil)
 	d1, d2 := e.device("dev-1"), e.device("dev-2")
 	b := e.addBundle(testBundle(t))
-	dep, err := e.ctrl.Create(bg, api.CreateDeployment{Bundle: b.SHA256, Devices: []string{"dev-1", "dev-2"}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	dep := e.mustCreate(api.CreateDeployment{Bundle: b.SHA256, Devices: []string{"dev-1", "dev-2"}})
 	m1 := d1.waitCommands(transport.TypeDispatch, dep.ID, 1)[0]
 	m2 := d2.waitCommands(transport.TypeDispatch, dep.ID, 1)[0]
 	d1.event(1, accepted(dep.ID, m1.ID))
@@ -236,10 +227,7 @@ func TestCancel(t *testing.T) {
 	e := newEnv(t, nil)
 	d1, d2 := e.device("dev-1"), e.device("dev-2")
 	b := e.addBundle(testBundle(t))
-	dep, err := e.ctrl.Create(bg, api.CreateDeployment{Bundle: b.SHA256, Devices: []string{"dev-1", "dev-2"}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	dep := e.mustCreate(api.CreateDeployment{Bundle: b.SHA256, Devices: []string{"dev-1", "dev-2"}})
 	m1 := d1.waitCommands(transport.TypeDispatch, dep.ID, 1)[0]
 	d1.event(1, accepted(dep.ID, m1.ID))
 	e.waitRun(dep.ID, "dev-1", "Running")
@@ -336,10 +324,7 @@ func TestManyEvents(t *testing.T) {
 	e := newEnv(t, func(o *controller.Options) { o.MaxBatch = 7 })
 	d := e.device("dev-1")
 	b := e.addBundle(testBundle(t))
-	dep, err := e.ctrl.Create(bg, api.CreateDeployment{Bundle: b.SHA256, Devices: []string{"dev-1"}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	dep := e.mustCreate(api.CreateDeployment{Bundle: b.SHA256, Devices: []string{"dev-1"}})
 	d.event(1, accepted(dep.ID, dep.Devices[0].Dispatch))
 	const steps = 60
 	seq := uint64(1)
@@ -369,10 +354,7 @@ func TestNewStream(t *testing.T) {
 	d := e.device("dev-1")
 	d.presence(transport.Online, nil)
 	b := e.addBundle(testBundle(t))
-	first, err := e.ctrl.Create(bg, api.CreateDeployment{Bundle: b.SHA256, Devices: []string{"dev-1"}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	first := e.mustCreate(api.CreateDeployment{Bundle: b.SHA256, Devices: []string{"dev-1"}})
 	d.event(1, accepted(first.ID, first.Devices[0].Dispatch))
 	d.event(2, flowFinished(first.ID, transport.StatusSucceeded))
 	d.waitAck(2)
@@ -388,10 +370,7 @@ func TestNewStream(t *testing.T) {
 	// Reinstalled: a new stream, from seq 1.
 	d.stream = "stream-reinstalled"
 	d.presence(transport.Online, nil)
-	second, err := e.ctrl.Create(bg, api.CreateDeployment{Bundle: b.SHA256, Devices: []string{"dev-1"}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	second := e.mustCreate(api.CreateDeployment{Bundle: b.SHA256, Devices: []string{"dev-1"}})
 	before := len(d.ackList())
 	d.event(1, accepted(second.ID, second.Devices[0].Dispatch))
 	e.waitRun(second.ID, "dev-1", "Running")
@@ -418,10 +397,7 @@ func TestAckedAhead(t *testing.T) {
 	d := e.device("dev-1")
 	d.presence(transport.Online, nil)
 	b := e.addBundle(testBundle(t))
-	dep, err := e.ctrl.Create(bg, api.CreateDeployment{Bundle: b.SHA256, Devices: []string{"dev-1"}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	dep := e.mustCreate(api.CreateDeployment{Bundle: b.SHA256, Devices: []string{"dev-1"}})
 	d.event(1, accepted(dep.ID, dep.Devices[0].Dispatch))
 	d.waitAck(1)
 

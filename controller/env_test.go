@@ -151,6 +151,16 @@ func (e *env) restart() {
 }
 
 // deployment returns the deployment as the controller has it now.
+// mustCreate creates a deployment, failing the test if it cannot.
+func (e *env) mustCreate(req api.CreateDeployment) api.Deployment {
+	e.t.Helper()
+	d, err := e.ctrl.Create(bg, req)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return d
+}
+
 func (e *env) deployment(id string) api.Deployment {
 	e.t.Helper()
 	d, err := e.ctrl.Deployment(bg, id)

@@ -348,10 +348,7 @@ func TestWatch(t *testing.T) {
 	e := newEnv(t, func(o *controller.Options) { o.Heartbeat = 20 * time.Millisecond })
 	d := e.device("dev-1")
 	b := e.addBundle(testBundle(t))
-	dep, err := e.ctrl.Create(bg, api.CreateDeployment{Bundle: b.SHA256, Devices: []string{"dev-1"}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	dep := e.mustCreate(api.CreateDeployment{Bundle: b.SHA256, Devices: []string{"dev-1"}})
 	path := "/v1/deployments/" + dep.ID + "/events"
 	ch, stop := e.stream(path)
 	if ev := next(t, ch); ev.Seq != 1 || ev.Kind != api.EventDeployment || ev.Deployment.Status != api.DeploymentRunning || ev.Deployment.Counts[api.DevicePending] != 1 {

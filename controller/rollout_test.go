@@ -50,11 +50,7 @@ func ids(ds []*device) []string {
 func (e *env) create(devs []*device, r *api.Rollout, gf *api.GuidedFailure) api.Deployment {
 	e.t.Helper()
 	b := e.addBundle(testBundle(e.t))
-	d, err := e.ctrl.Create(bg, api.CreateDeployment{Bundle: b.SHA256, Devices: ids(devs), Rollout: r, GuidedFailure: gf})
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	return d
+	return e.mustCreate(api.CreateDeployment{Bundle: b.SHA256, Devices: ids(devs), Rollout: r, GuidedFailure: gf})
 }
 
 // statuses returns every run's status, by device.
