@@ -371,7 +371,7 @@ func TestMarkFailed(t *testing.T) {
 }
 
 // TestGuidedTimeoutWhileOffline: with the controller on Mosquitto and
-// --guided-failure 3s:Abort, the device pauses at step2 and the broker is
+// --guided-failure 10s:Abort (long enough to stop the broker first on a loaded machine), the device pauses at step2 and the broker is
 // stopped. The agent keeps the time itself: cut off, it applies Abort
 // when the pause times out (its own status shows it, by "agent"), while
 // the controller still shows the device Paused. Once the broker is back,
@@ -382,7 +382,7 @@ func TestGuidedTimeoutWhileOffline(t *testing.T) {
 	m := brokertest.Mosquitto(t)
 	f := fleettest.New(t, fleettest.Options{Broker: m.URL(), Devices: []fleettest.Device{{ID: "web-1", Labels: map[string]string{"role": "web"}}}})
 	marks := t.TempDir()
-	r := f.CLI("deploy", writeFlow(t, guidedFlow, marks), "--device", "web-1", "--key", f.Key.Private, "--guided-failure", "3s:Abort")
+	r := f.CLI("deploy", writeFlow(t, guidedFlow, marks), "--device", "web-1", "--key", f.Key.Private, "--guided-failure", "10s:Abort")
 	expectCode(t, r, 0)
 	id := deploymentID(t, r)
 	d := f.Controller.WaitDeployment(id, "web-1 paused at step2", pausedAt("step2", "web-1"))
